@@ -1,0 +1,401 @@
+"""Clean, deduplicate and split JSONL examples, streaming, in parallel, with every row accounted for.
+
+``clean`` scans the inputs in byte-range chunks on worker processes (``scan.scan_chunk``),
+then removes exact and normalized duplicates globally (first occurrence wins) using only
+64-bit fingerprints, so memory grows by tens of bytes per row, never by the row itself.
+``split`` assigns whole groups to train/validation/test by a seeded hash and copies the
+cleaned lines into the split files. Both write only into the folder they are given.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+from ft_assets.dataset.formats import Format, detect_format
+from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk
+
+SPLITS = ("train", "validation", "test")
+CHUNK_BYTES = 16 * 1024 * 1024
+CLEANED = "cleaned.jsonl"
+CLEANED_INDEX = "cleaned.index.parquet"
+REJECTED = "rejected.jsonl"
+MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
+
+
+class PrepError(Exception):
+    """An input cannot be read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How kept examples are divided: ratios for train/validation/test and the seed."""
+
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def __post_init__(self) -> None:
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {self.ratios}")
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Return the JSONL files named by ``inputs`` (folders give their ``*.jsonl``), sorted per folder."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+            if not found:
+                raise PrepError(f"{path}: folder holds no .jsonl file")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PrepError(f"{path}: no such file or folder")
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                handle.read(1)
+        except OSError as error:
+            raise PrepError(f"{file}: cannot be read ({error.strerror or error})") from error
+    return files
+
+
+def resolve_format(files: Sequence[Path], requested: str) -> Format:
+    """Return ``requested``, or for ``auto`` the format of the first JSON object in the inputs."""
+    if requested in ("chat", "preference"):
+        return requested  # type: ignore[return-value]
+    if requested != "auto":
+        raise ValueError(f"format must be auto, chat or preference, got {requested!r}")
+    for file in files:
+        with open(file, "rb") as handle:
+            for line in handle:
+                try:
+                    fmt = detect_format(orjson.loads(line.removeprefix(BOM)))
+                except orjson.JSONDecodeError:
+                    continue
+                if fmt is not None:
+                    return fmt
+    return "chat"
+
+
+def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[tuple[int, Path, int, int]]:
+    """Cut each file into byte ranges of about ``chunk_bytes`` that end on a newline."""
+    chunks = []
+    for index, file in enumerate(files):
+        size = file.stat().st_size
+        start = 0
+        with open(file, "rb") as handle:
+            while start < size:
+                handle.seek(min(start + chunk_bytes, size))
+                end = min(start + chunk_bytes, size)
+                if end < size:
+                    handle.readline()
+                    end = handle.tell()
+                chunks.append((index, file, start, end))
+                start = end
+    return chunks
+
+
+def _scan_all(tasks: list[ChunkTask], workers: int) -> list[ChunkResult]:
+    if workers <= 1 or len(tasks) <= 1:
+        return [scan_chunk(task) for task in tasks]
+    # fork is instant and safe from a single-threaded process (the CLI); spawn otherwise.
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+    with context.Pool(min(workers, len(tasks))) as pool:
+        return list(pool.imap(scan_chunk, tasks))
+
+
+def _column(results: list[ChunkResult], name: str) -> np.ndarray:
+    parts = [pq.read_table(r.path("index.parquet"), columns=[name]).column(0).to_numpy() for r in results]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def find_duplicates(norm_hash: np.ndarray, exact_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (is duplicate, is exact duplicate, index of first occurrence) for each row."""
+    if len(norm_hash) == 0:
+        empty = np.zeros(0, dtype=bool)
+        return empty, empty, np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(norm_hash, return_index=True, return_inverse=True)
+    first_of = first[inverse]
+    del inverse
+    duplicate = first_of != np.arange(len(norm_hash))
+    exact = duplicate & (exact_hash == exact_hash[first_of])
+    return duplicate, exact, first_of
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        yield from handle
+
+
+def _read_raw(files: Sequence[Path], file_index: int, offset: int, length: int) -> bytes:
+    with open(files[file_index], "rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
+def _token_stats(tokens: np.ndarray) -> dict[str, float]:
+    if len(tokens) == 0:
+        return {"min": 0, "median": 0, "p90": 0, "max": 0, "total": 0}
+    return {
+        "min": int(tokens.min()),
+        "median": float(np.median(tokens)),
+        "p90": float(np.percentile(tokens, 90)),
+        "max": int(tokens.max()),
+        "total": int(tokens.sum()),
+    }
+
+
+def clean(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    config: CleanConfig | None = None,
+    *,
+    workers: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Validate, fix and deduplicate ``inputs`` into ``out_dir``; return the report.
+
+    Writes ``cleaned.jsonl`` (kept rows, input order), ``cleaned.index.parquet`` (one row per
+    kept row: ids, group, source file and line, tokens, fingerprints) and ``rejected.jsonl``
+    (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
+    """
+    files = expand_inputs(inputs)
+    config = config or CleanConfig()
+    config = replace(config, format=resolve_format(files, config.format))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [str(f) for f in files]
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
+        tasks = [
+            ChunkTask(n, index, str(path), start, end, scratch, config)
+            for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
+        ]
+        results = _scan_all(tasks, workers or os.cpu_count() or 1)
+        duplicate, exact, first_of = find_duplicates(_column(results, "norm_hash"), _column(results, "exact_hash"))
+        report = _merge(results, files, names, out_dir, duplicate, exact, first_of)
+    report["format"] = config.format
+    report["config"] = asdict(config)
+    return report
+
+
+def _merge(
+    results: list[ChunkResult],
+    files: Sequence[Path],
+    names: list[str],
+    out_dir: Path,
+    duplicate: np.ndarray,
+    exact: np.ndarray,
+    first_of: np.ndarray,
+) -> dict[str, Any]:
+    """Write the kept rows, their index and the rejected rows in input order; count everything."""
+    line_base: dict[int, int] = Counter()
+    chunk_line_base = []
+    for result in results:
+        chunk_line_base.append(line_base[result.task.file_index])
+        line_base[result.task.file_index] += result.lines
+    row_file = np.concatenate([np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)])
+    row_line = np.concatenate(
+        [_read_column(r, "line") + base for r, base in zip(results, chunk_line_base, strict=True)] or [np.zeros(0, np.int64)]
+    )
+    reasons: Counter[str] = Counter()
+    fixes: Counter[str] = Counter()
+    per_file = [{"path": name, "read": 0, "kept": 0, "rejected": 0} for name in names]
+    tokens_kept = []
+    position = 0
+    row = 0
+    with (
+        open(out_dir / CLEANED, "wb") as cleaned,
+        open(out_dir / REJECTED, "wb") as rejected,
+        pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd") as index_writer,
+    ):
+        for result, base in zip(results, chunk_line_base, strict=True):
+            file_index = result.task.file_index
+            reasons.update(result.reasons)
+            table = pq.read_table(result.path("index.parquet"))
+            dup = duplicate[row : row + result.kept]
+            keep = ~dup
+            out_rows: list[tuple[int, bytes]] = []
+            for raw in _lines(result.path("rejected.jsonl")):
+                record = orjson.loads(raw)
+                record["line"] += base
+                out_rows.append((record["line"], orjson.dumps({"file": names[file_index], **record})))
+            for local in np.flatnonzero(dup):
+                first = first_of[row + local]
+                reason = "exact_duplicate" if exact[row + local] else "normalized_duplicate"
+                reasons[reason] += 1
+                raw_line = _read_raw(files, file_index, int(table["offset"][local].as_py()), int(table["length"][local].as_py()))
+                record = {
+                    "file": names[file_index],
+                    "line": int(row_line[row + local]),
+                    "reasons": [reason],
+                    "raw": raw_line.decode("utf-8", "backslashreplace"),
+                    "duplicate_of": {"file": names[row_file[first]], "line": int(row_line[first])},
+                }
+                out_rows.append((record["line"], orjson.dumps(record)))
+            out_rows.sort(key=lambda item: item[0])
+            rejected.writelines(item[1] + b"\n" for item in out_rows)
+            if dup.any():
+                for line, keep_it in zip(_lines(result.path("kept.jsonl")), keep, strict=True):
+                    if keep_it:
+                        cleaned.write(line)
+                table = table.filter(pa.array(keep))
+            else:
+                with open(result.path("kept.jsonl"), "rb") as source:
+                    shutil.copyfileobj(source, cleaned, 1 << 20)
+            n_kept = table.num_rows
+            table = table.set_column(0, "line", pc.add(table["line"], base))
+            table = table.append_column("file", pa.array([names[file_index]] * n_kept, pa.string()))
+            table = table.append_column("position", pa.array(np.arange(position, position + n_kept)))
+            index_writer.write_table(table.select(_cleaned_index_schema().names).cast(_cleaned_index_schema()))
+            for bit, name in FIX_NAMES.items():
+                count = int(np.count_nonzero(table["fixes"].to_numpy() & bit))
+                if count:
+                    fixes[name] += count
+            tokens_kept.append(table["tokens"].to_numpy())
+            per_file[file_index]["read"] += result.lines
+            per_file[file_index]["kept"] += n_kept
+            per_file[file_index]["rejected"] += result.lines - n_kept
+            position += n_kept
+            row += result.kept
+    read = sum(r.lines for r in results)
+    rejected_rows = read - position
+    n_rejected = sum(1 for _ in _lines(out_dir / REJECTED))
+    if n_rejected != rejected_rows:
+        raise RuntimeError(f"row accounting broke: read {read}, kept {position}, rejected {n_rejected}")
+    tokens = np.concatenate(tokens_kept) if tokens_kept else np.zeros(0, np.int32)
+    return {
+        "read": read,
+        "kept": position,
+        "rejected": n_rejected,
+        "duplicates": int(duplicate.sum()),
+        "by_reason": dict(sorted(reasons.items())),
+        "fixes": dict(sorted(fixes.items())),
+        "tokens": _token_stats(tokens),
+        "files": per_file,
+    }
+
+
+def _read_column(result: ChunkResult, name: str) -> np.ndarray:
+    return pq.read_table(result.path("index.parquet"), columns=[name]).column(0).to_numpy()
+
+
+def _cleaned_index_schema() -> pa.Schema:
+    from ft_assets.dataset.scan import INDEX_SCHEMA
+
+    return INDEX_SCHEMA.append(pa.field("file", pa.string())).append(pa.field("position", pa.int64()))
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer: a fixed, platform-independent scramble of 64-bit values."""
+    with np.errstate(over="ignore"):
+        x = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def assign_splits(group_hash: np.ndarray, config: SplitConfig) -> np.ndarray:
+    """Return 0/1/2 (train/validation/test) per row; rows of one group always share a split.
+
+    Groups are ordered by a seeded hash and cut where the running row count crosses each
+    ratio, so split sizes follow the ratios to within one group.
+    """
+    n = len(group_hash)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    groups, inverse, counts = np.unique(group_hash, return_inverse=True, return_counts=True)
+    keys = _mix64(groups ^ np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode())))
+    order = np.argsort(keys, kind="stable")
+    starts = np.cumsum(counts[order]) - counts[order]
+    cut_train = round(config.ratios[0] * n)
+    cut_validation = round((config.ratios[0] + config.ratios[1]) * n)
+    group_split = np.empty(len(groups), dtype=np.uint8)
+    group_split[order] = np.where(starts < cut_train, 0, np.where(starts < cut_validation, 1, 2))
+    return group_split[inverse]
+
+
+def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: bool = True) -> dict[str, Any]:
+    """Write ``<split>.jsonl`` (and ``<split>.members.parquet``) for train, validation and test.
+
+    Rows keep their cleaned order inside each split; returns rows and tokens per split.
+    """
+    index_path = cleaned_dir / CLEANED_INDEX
+    group_hash = pq.read_table(index_path, columns=["group_hash"]).column(0).to_numpy()
+    assignment = assign_splits(group_hash, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handles = [open(out_dir / f"{name}.jsonl", "wb") for name in SPLITS]
+    writers = []
+    if members:
+        schema = pq.read_schema(index_path)
+        member_schema = pa.schema([schema.field(c) for c in MEMBER_COLUMNS]).append(pa.field("position", pa.int64()))
+        writers = [pq.ParquetWriter(out_dir / f"{name}.members.parquet", member_schema) for name in SPLITS]
+    counts = np.bincount(assignment, minlength=3)
+    try:
+        writes = [h.write for h in handles]
+        for line, target in zip(_lines(cleaned_dir / CLEANED), assignment.tolist(), strict=True):
+            writes[target](line)
+        if members:
+            _write_members(pq.ParquetFile(index_path), assignment, writers)
+    finally:
+        for handle in handles:
+            handle.close()
+        for writer in writers:
+            writer.close()
+    tokens = pq.read_table(index_path, columns=["tokens"]).column(0).to_numpy()
+    return {
+        name: {"rows": int(counts[i]), "tokens": int(tokens[assignment == i].sum())}
+        for i, name in enumerate(SPLITS)
+    }
+
+
+def _write_members(index: pq.ParquetFile, assignment: np.ndarray, writers: list[pq.ParquetWriter]) -> None:
+    seen = np.zeros(3, dtype=np.int64)
+    row = 0
+    for batch in index.iter_batches(columns=MEMBER_COLUMNS):
+        target = assignment[row : row + batch.num_rows]
+        row += batch.num_rows
+        for i, writer in enumerate(writers):
+            mask = target == i
+            count = int(mask.sum())
+            if count:
+                part = pa.Table.from_batches([batch]).filter(pa.array(mask))
+                part = part.append_column("position", pa.array(np.arange(seen[i], seen[i] + count)))
+                writer.write_table(part)
+                seen[i] += count
+
+
+def prep(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    clean_config: CleanConfig | None = None,
+    split_config: SplitConfig | None = None,
+    *,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".clean-") as scratch:
+        work = Path(scratch)
+        report = clean(inputs, work, clean_config, workers=workers)
+        report["splits"] = split(work, out_dir, split_config or SplitConfig(), members=False)
+        os.replace(work / REJECTED, out_dir / REJECTED)
+    report["seed"] = (split_config or SplitConfig()).seed
+    (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return report
