@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -58,6 +59,98 @@ def prep(
         f"read {report['read']}, kept {report['kept']}, rejected {report['rejected']} "
         f"({report['duplicates']} duplicates); {splits} -> {out_dir}"
     )
+
+
+DEFAULT_DB = "data/lineage.duckdb"
+
+
+@main.group()
+def lineage() -> None:
+    """Query and rebuild the lineage database."""
+
+
+def _print_walk(rows: list[dict], as_json: bool) -> None:
+    """Print the walk as JSON, or as a tree where a node reached twice is shown once in full."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    by_name = {f"{row['asset']}@{row['data_version']}": row for row in rows}
+    children: dict[str, list[str]] = {name: [] for name in by_name}
+    for name, row in by_name.items():
+        for via in row["via"] or []:
+            children.setdefault(via, []).append(name)
+    shown: set[str] = set()
+
+    def show(name: str, indent: int) -> None:
+        row = by_name[name]
+        details = [f"code {row['code_version']}" if row["code_version"] else "external"]
+        if row["created_at"]:
+            details.append(str(row["created_at"])[:19])
+        if row["path"]:
+            details.append(row["path"])
+        if name in shown:
+            click.echo(f"{'  ' * indent}{name}  (shown above)")
+            return
+        shown.add(name)
+        click.echo(f"{'  ' * indent}{name}  ({', '.join(details)})")
+        for child in sorted(children[name]):
+            show(child, indent + 1)
+
+    show(f"{rows[0]['asset']}@{rows[0]['data_version']}", 0)
+
+
+def _walk_command(name: str, help_text: str) -> None:
+    @lineage.command(name=name, help=help_text)
+    @click.argument("target")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of an indented list.")
+    @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+    def command(target: str, as_json: bool, db: str) -> None:
+        from ft_assets.lineage import queries
+
+        if not Path(db).exists():
+            raise click.ClickException(f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)")
+        try:
+            rows = getattr(queries, name)(db, target)
+        except queries.UnknownVersion as error:
+            raise click.ClickException(str(error)) from error
+        _print_walk(rows, as_json)
+
+
+_walk_command("trace", "Show TARGET (ASSET[@VERSION], default latest) and everything it was made from.")
+_walk_command("impact", "Show TARGET (ASSET[@VERSION], default latest) and everything made from it.")
+
+
+@lineage.command()
+@click.argument("example_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+def example(example_id: str, as_json: bool, db: str) -> None:
+    """Show which split versions hold EXAMPLE_ID, and where it came from."""
+    from ft_assets.lineage.queries import splits_with_example
+
+    rows = splits_with_example(db, example_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        raise click.ClickException(f"example {example_id!r} is in no recorded split")
+    for row in rows if not as_json else []:
+        origin = row["source_example_id"] or f"{row['source_file']}:{row['source_line']}"
+        click.echo(f"{row['asset']}@{row['data_version']}  position {row['position']}  from {origin}")
+
+
+@lineage.command(name="sync")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+def sync_command(db: str) -> None:
+    """Rebuild the lineage database from the Dagster instance's event log (DAGSTER_HOME)."""
+    import dagster as dg
+
+    from ft_assets.lineage.sync import sync
+
+    with dg.DagsterInstance.get() as instance:
+        counts = sync(instance, db)
+    click.echo(f"recorded {counts['materializations']} materializations into {db}")
+    if counts["members_missing"]:
+        click.echo(f"warning: {counts['members_missing']} members files no longer exist", err=True)
 
 
 if __name__ == "__main__":

@@ -168,10 +168,13 @@ def clean(
     out_dir: Path,
     config: CleanConfig | None = None,
     *,
+    labels: Sequence[str] | None = None,
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, Any]:
     """Validate, fix and deduplicate ``inputs`` into ``out_dir``; return the report.
+
+    ``labels`` name the input files in the outputs (default: their paths).
 
     Writes ``cleaned.jsonl`` (kept rows, input order), ``cleaned.index.parquet`` (one row per
     kept row: ids, group, source file and line, tokens, fingerprints) and ``rejected.jsonl``
@@ -181,7 +184,9 @@ def clean(
     config = config or CleanConfig()
     config = replace(config, format=resolve_format(files, config.format))
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [str(f) for f in files]
+    names = list(labels) if labels is not None else [str(f) for f in files]
+    if len(names) != len(files):
+        raise ValueError(f"{len(labels or [])} labels for {len(files)} input files")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
         tasks = [
             ChunkTask(n, index, str(path), start, end, scratch, config)
@@ -399,3 +404,26 @@ def prep(
     report["seed"] = (split_config or SplitConfig()).seed
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
+
+
+def revalidate(path: Path) -> dict[str, Any]:
+    """Clean an already-cleaned file again (no token limit, markdown kept) and return the report."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return clean([path], Path(scratch), CleanConfig(format="auto", max_tokens=2**31 - 1, strip_markdown=False))
+
+
+def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]:
+    """Return, for each pair of splits and each of example id, group and normalized content, shared counts > 0."""
+    columns = ("example_id", "group_id", "norm_hash")
+    values = {
+        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns)) for name, folder in split_folders.items()
+    }
+    found: dict[tuple[str, str], int] = {}
+    names = list(values)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for column in columns:
+                shared = set(values[first][column].to_pylist()) & set(values[second][column].to_pylist())
+                if shared:
+                    found[(f"{first}/{second}", column)] = len(shared)
+    return found

@@ -1,0 +1,300 @@
+"""Data assets: raw files, source documents, cleaned examples and the three splits, with their checks."""
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ft_assets.artifacts import ArtifactRef
+from ft_assets.code_versions import source_version
+from ft_assets.metadata import chat_preview, counts_table, head_jsonl, markdown_table
+from ft_assets.resources import ArtifactStore, LineageStore
+
+GROUP = "data"
+SPLIT_ASSETS = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
+SNAPSHOT_CODE = source_version("ft_assets.dataset.snapshot", "ft_assets.artifacts")
+CLEANING_CODE = source_version(
+    "ft_assets.dataset.formats", "ft_assets.dataset.text", "ft_assets.dataset.scan", "ft_assets.dataset.prep"
+)
+SPLIT_CODE = source_version("ft_assets.dataset.prep")
+
+
+class RawExamplesConfig(dg.Config):
+    """Where the raw chat examples are read from."""
+
+    folder: str = Field("data/raw", description="Folder whose *.jsonl files (recursively) are the raw examples.")
+
+
+class SourceDocumentsConfig(dg.Config):
+    """Where the documents that synthetic generation may draw from are read from."""
+
+    folder: str = Field("data/sources", description="Folder of source documents (every file, recursively).")
+
+
+class CleaningConfig(dg.Config):
+    """Rules for keeping, fixing and rejecting examples."""
+
+    format: Literal["auto", "chat", "preference"] = Field("auto", description="Row format; auto takes the first row's.")
+    max_tokens: int = Field(4096, description="Reject examples whose estimated tokens exceed this.")
+    strip_markdown: bool = Field(True, description="Remove bold marks, code spans and headings from assistant answers.")
+
+
+class SplitsConfig(dg.Config):
+    """How cleaned examples are divided into train, validation and test."""
+
+    seed: int = Field(0, description="Seed of the group-to-split assignment.")
+    ratios: list[float] = Field([0.8, 0.1, 0.1], description="Shares of train, validation and test (sum to 1).")
+
+
+def _snapshot(
+    context: dg.AssetExecutionContext, asset: str, folder: str, pattern: str, artifacts: ArtifactStore,
+    lineage: LineageStore, config: dg.Config,
+) -> dg.Output[ArtifactRef]:
+    from ft_assets.dataset.snapshot import snapshot
+
+    source = Path(folder)
+    with artifacts.stage(asset) as staging:
+        try:
+            manifest = snapshot(source, staging, pattern)
+        except FileNotFoundError as error:
+            raise dg.Failure(f"{asset}: {error}. Set the asset's config 'folder' to where your files are.") from error
+        if not manifest["files"]:
+            raise dg.Failure(f"{asset}: no file matching {pattern} under {source}")
+        ref = artifacts.publish(staging, asset)
+    if manifest["ignored"]:
+        context.log.warning(f"{asset}: ignored files not matching {pattern}: {', '.join(manifest['ignored'])}")
+    parents = [(f"file:{(source / f['name']).as_posix()}", f["sha256"][:16]) for f in manifest["files"]]
+    metadata = lineage.record(context, ref, parents, config)
+    lines = sum(f["lines"] for f in manifest["files"])
+    context.log.info(f"{asset}: {len(manifest['files'])} files, {lines} lines -> {ref.path}")
+    return dg.Output(
+        ref,
+        data_version=dg.DataVersion(ref.version),
+        metadata={
+            **metadata,
+            "files": markdown_table(manifest["files"], ["name", "lines", "bytes", "sha256"]),
+            "file_count": len(manifest["files"]),
+            "lines": lines,
+            "ignored_files": len(manifest["ignored"]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=SNAPSHOT_CODE,
+    kinds={"jsonl"},
+    description="Snapshot of every *.jsonl file under the raw folder (default data/raw). A changed file gives a "
+    "new data version; each file's SHA-256 is kept in lineage.",
+)
+def raw_examples(
+    context: dg.AssetExecutionContext, config: RawExamplesConfig, artifacts: ArtifactStore, lineage: LineageStore
+) -> dg.Output[ArtifactRef]:
+    """Copy the raw example files into an immutable artifact."""
+    return _snapshot(context, "raw_examples", config.folder, "*.jsonl", artifacts, lineage, config)
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=SNAPSHOT_CODE,
+    description="Snapshot of the documents (default data/sources) that synthetic generation may draw from.",
+)
+def source_documents(
+    context: dg.AssetExecutionContext, config: SourceDocumentsConfig, artifacts: ArtifactStore, lineage: LineageStore
+) -> dg.Output[ArtifactRef]:
+    """Copy the source documents into an immutable artifact."""
+    return _snapshot(context, "source_documents", config.folder, "*", artifacts, lineage, config)
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=CLEANING_CODE,
+    kinds={"jsonl"},
+    description="Raw and synthetic examples after validation, fixes (CRLF, outer whitespace, stray markdown) and "
+    "de-duplication. Every input line is either kept or listed in rejected.jsonl with its file, line and reasons.",
+)
+def cleaned_examples(
+    context: dg.AssetExecutionContext,
+    config: CleaningConfig,
+    raw_examples: ArtifactRef,
+    synthetic_examples: ArtifactRef,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+) -> dg.Output[ArtifactRef]:
+    """Validate, fix and de-duplicate the raw and synthetic examples."""
+    import json
+
+    from ft_assets.dataset.prep import REJECTED, clean
+    from ft_assets.dataset.scan import CleanConfig
+    from ft_assets.dataset.snapshot import MANIFEST, snapshot_files
+
+    manifest = json.loads(Path(raw_examples.path, MANIFEST).read_text())
+    files = [*snapshot_files(Path(raw_examples.path)), synthetic_examples.file("examples.jsonl")]
+    labels = [(Path(manifest["source"]) / f["name"]).as_posix() for f in manifest["files"]]
+    labels.append("synthetic_examples/examples.jsonl")
+    clean_config = CleanConfig(format=config.format, max_tokens=config.max_tokens, strip_markdown=config.strip_markdown)
+    with artifacts.stage("cleaned_examples") as staging:
+        report = clean(files, staging, clean_config, labels=labels)
+        (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        rejected = head_jsonl(staging / REJECTED, 20)
+        preview = head_jsonl(staging / "cleaned.jsonl", 5)
+        ref = artifacts.publish(staging, "cleaned_examples")
+    context.log.info(
+        f"cleaned_examples: read {report['read']} = kept {report['kept']} + rejected {report['rejected']} "
+        f"({report['duplicates']} duplicates)"
+    )
+    metadata = lineage.record(context, ref, [raw_examples, synthetic_examples], config)
+    return dg.Output(
+        ref,
+        data_version=dg.DataVersion(ref.version),
+        metadata={
+            **metadata,
+            "read": report["read"],
+            "kept": report["kept"],
+            "rejected": report["rejected"],
+            "duplicates": report["duplicates"],
+            "read_equals_kept_plus_rejected": report["read"] == report["kept"] + report["rejected"],
+            "dagster/row_count": report["kept"],
+            "format": report["format"],
+            "rejects_by_reason": counts_table(report["by_reason"], "reason"),
+            "fixes": counts_table(report["fixes"], "fix"),
+            "tokens_per_example": dg.MetadataValue.json(report["tokens"]),
+            "per_file": markdown_table(report["files"], ["path", "read", "kept", "rejected"]),
+            "rejected_rows": markdown_table(
+                [{"file": r["file"], "line": r["line"], "reasons": ", ".join(r["reasons"]), "raw": r["raw"]} for r in rejected],
+                ["file", "line", "reasons", "raw"],
+            ),
+            "preview": chat_preview(preview),
+        },
+    )
+
+
+def _split_metadata(ref: ArtifactRef) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    members = pq.read_table(ref.file("members.parquet"), columns=["tokens", "group_id"])
+    tokens = members["tokens"].to_numpy()
+    stats = {"min": 0, "median": 0, "p90": 0, "max": 0}
+    if len(tokens):
+        stats = {
+            "min": int(tokens.min()),
+            "median": float(np.median(tokens)),
+            "p90": float(np.percentile(tokens, 90)),
+            "max": int(tokens.max()),
+        }
+    return {
+        "rows": members.num_rows,
+        "dagster/row_count": members.num_rows,
+        "groups": len(set(members["group_id"].to_pylist())),
+        "tokens_per_example": dg.MetadataValue.json(stats),
+        "tokens_total": int(tokens.sum()),
+        "preview": chat_preview(head_jsonl(ref.file("data.jsonl"), 5)),
+    }
+
+
+@dg.multi_asset(
+    outs={
+        asset: dg.AssetOut(
+            group_name=GROUP,
+            code_version=SPLIT_CODE,
+            kinds={"jsonl"},
+            description=f"The {name} split of cleaned_examples (data.jsonl, training format) with members.parquet: "
+            "example id, group, source file and line of every row. Groups never straddle two splits.",
+        )
+        for name, asset in SPLIT_ASSETS.items()
+    },
+    can_subset=False,
+)
+def splits(
+    context: dg.AssetExecutionContext,
+    config: SplitsConfig,
+    cleaned_examples: ArtifactRef,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+) -> Iterator[dg.Output[ArtifactRef]]:
+    """Divide cleaned examples into train, validation and test by group, deterministically for a seed."""
+    from ft_assets.dataset.prep import SplitConfig, split
+
+    try:
+        split_config = SplitConfig(seed=config.seed, ratios=tuple(config.ratios))  # type: ignore[arg-type]
+    except ValueError as error:
+        raise dg.Failure(f"splits: {error}") from error
+    Path(artifacts.root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=artifacts.root, prefix=".split-") as scratch:
+        report = split(Path(cleaned_examples.path), Path(scratch), split_config)
+        for name, asset in SPLIT_ASSETS.items():
+            with artifacts.stage(asset) as staging:
+                shutil.move(Path(scratch, f"{name}.jsonl"), staging / "data.jsonl")
+                shutil.move(Path(scratch, f"{name}.members.parquet"), staging / "members.parquet")
+                ref = artifacts.publish(staging, asset)
+            context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
+            metadata = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
+            yield dg.Output(
+                ref, output_name=asset, data_version=dg.DataVersion(ref.version), metadata={**metadata, **_split_metadata(ref)}
+            )
+
+
+MIN_TRAIN_EXAMPLES = 10
+
+
+@dg.asset_check(asset="train_split", blocking=True, description=f"train_split holds at least {MIN_TRAIN_EXAMPLES} examples.")
+def train_split_has_enough_examples(train_split: ArtifactRef) -> dg.AssetCheckResult:
+    """Fail when there is too little to train on."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_metadata(train_split.file("members.parquet")).num_rows
+    return dg.AssetCheckResult(passed=rows >= MIN_TRAIN_EXAMPLES, metadata={"rows": rows, "minimum": MIN_TRAIN_EXAMPLES})
+
+
+@dg.asset_check(
+    asset="test_split",
+    additional_ins={"train_split": dg.AssetIn("train_split"), "validation_split": dg.AssetIn("validation_split")},
+    blocking=True,
+    description="No example id, group or normalized duplicate is in two splits.",
+)
+def splits_do_not_overlap(
+    test_split: ArtifactRef, train_split: ArtifactRef, validation_split: ArtifactRef
+) -> dg.AssetCheckResult:
+    """Compare the members of the three splits pairwise."""
+    from ft_assets.dataset.prep import overlaps
+
+    found = overlaps({"train": train_split.path, "validation": validation_split.path, "test": test_split.path})
+    return dg.AssetCheckResult(
+        passed=not any(found.values()),
+        metadata={f"{pair} {column}": count for (pair, column), count in found.items()} if found else {"overlaps": 0},
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            "format_valid", asset=asset, blocking=True, description=f"Every row of {asset} passes validation again."
+        )
+        for asset in SPLIT_ASSETS.values()
+    ],
+    ins={asset: dg.AssetIn(asset) for asset in SPLIT_ASSETS.values()},
+)
+def splits_format_valid(
+    train_split: ArtifactRef, validation_split: ArtifactRef, test_split: ArtifactRef
+) -> Iterator[dg.AssetCheckResult]:
+    """Re-run validation over each split file: no row may be rejected or need a fix."""
+    from ft_assets.dataset.prep import revalidate
+
+    for ref in (train_split, validation_split, test_split):
+        report = revalidate(ref.file("data.jsonl"))
+        yield dg.AssetCheckResult(
+            asset_key=ref.asset,
+            check_name="format_valid",
+            passed=report["rejected"] == 0 and not report["fixes"],
+            metadata={
+                "rows": report["read"],
+                "rejected": report["rejected"],
+                "rejects_by_reason": dg.MetadataValue.json(report["by_reason"]),
+                "fixes": dg.MetadataValue.json(report["fixes"]),
+            },
+        )

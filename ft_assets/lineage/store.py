@@ -1,0 +1,171 @@
+"""The lineage database (DuckDB): which version of which asset was made from what.
+
+Tables (see README for the SQL):
+- ``materializations``: one row per materialization (asset, data version, code version, run,
+  artifact path, time, config hash and config).
+- ``edges``: child version <- parent version, for every input a materialization used.
+- ``members``: which examples (id, group, source file/line or source example) a split version holds.
+
+DuckDB lets one process write a file at a time, so every call opens a short-lived connection
+and retries while another process holds the lock. Nothing here imports dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS materializations (
+    asset VARCHAR NOT NULL,
+    data_version VARCHAR NOT NULL,
+    code_version VARCHAR,
+    run_id VARCHAR NOT NULL,
+    path VARCHAR,
+    created_at TIMESTAMPTZ NOT NULL,
+    config_hash VARCHAR,
+    config_json VARCHAR,
+    PRIMARY KEY (asset, data_version, run_id)
+);
+CREATE TABLE IF NOT EXISTS edges (
+    child_asset VARCHAR NOT NULL,
+    child_version VARCHAR NOT NULL,
+    parent_asset VARCHAR NOT NULL,
+    parent_version VARCHAR NOT NULL,
+    PRIMARY KEY (child_asset, child_version, parent_asset, parent_version)
+);
+CREATE TABLE IF NOT EXISTS members (
+    asset VARCHAR NOT NULL,
+    data_version VARCHAR NOT NULL,
+    position BIGINT NOT NULL,
+    example_id VARCHAR NOT NULL,
+    group_id VARCHAR,
+    source_file VARCHAR,
+    source_line BIGINT,
+    source_example_id VARCHAR
+);
+"""
+
+LOCK_WORDS = ("lock", "conflicting")
+
+
+class LineageLockTimeout(RuntimeError):
+    """Another process held the lineage database for longer than the configured wait."""
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """Everything the lineage database keeps about one materialization."""
+
+    asset: str
+    data_version: str
+    code_version: str | None
+    run_id: str
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    parents: list[tuple[str, str]] = field(default_factory=list)
+    members_file: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def config_json(self) -> str:
+        """The config as canonical JSON (sorted keys)."""
+        return json.dumps(self.config, sort_keys=True, default=str)
+
+    @property
+    def config_hash(self) -> str:
+        """A short hash of the canonical config."""
+        import hashlib
+
+        return hashlib.sha256(self.config_json.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (stored in Dagster metadata, so the database can be rebuilt)."""
+        data = asdict(self)
+        data["parents"] = [list(p) for p in self.parents]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Materialization:
+        """Inverse of ``to_dict``."""
+        data = dict(data)
+        data["parents"] = [tuple(p) for p in data.get("parents", [])]
+        return cls(**data)
+
+
+def _is_lock_error(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in LOCK_WORDS)
+
+
+@contextmanager
+def connect(path: str | Path, *, read_only: bool = False, timeout_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the lineage database, waiting (with jittered backoff) while another process holds it.
+
+    The schema is created on first use. The connection is closed on exit; keep the block short.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            if read_only and not path.exists():
+                read_only = False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = duckdb.connect(str(path), read_only=read_only)
+            break
+        except (duckdb.IOException, duckdb.ConnectionException) as error:
+            if not _is_lock_error(error):
+                raise
+            if time.monotonic() > deadline:
+                raise LineageLockTimeout(
+                    f"lineage database {path} stayed locked by another process for {timeout_s:.0f} s"
+                ) from error
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+    try:
+        if not read_only:
+            connection.execute(SCHEMA)
+        yield connection
+    finally:
+        connection.close()
+
+
+def record(path: str | Path, materialization: Materialization, members: Any = None) -> None:
+    """Write one materialization, its edges and (optionally) its members, in one transaction.
+
+    ``members`` is a pyarrow Table with the columns of the ``members`` table (without asset,
+    data_version). Re-recording the same materialization replaces it, so this is idempotent.
+    """
+    m = materialization
+    with connect(path) as connection:
+        connection.execute("BEGIN TRANSACTION")
+        connection.execute(
+            "INSERT OR REPLACE INTO materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [m.asset, m.data_version, m.code_version, m.run_id, m.path, m.created_at, m.config_hash, m.config_json],
+        )
+        for parent_asset, parent_version in m.parents:
+            connection.execute(
+                "INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)", [m.asset, m.data_version, parent_asset, parent_version]
+            )
+        if members is not None:
+            connection.execute("DELETE FROM members WHERE asset = ? AND data_version = ?", [m.asset, m.data_version])
+            connection.register("new_members", members)
+            connection.execute(
+                """
+                INSERT INTO members
+                SELECT ?, ?, position, example_id, group_id, file, line, source_id FROM new_members
+                """,
+                [m.asset, m.data_version],
+            )
+            connection.unregister("new_members")
+        connection.execute("COMMIT")

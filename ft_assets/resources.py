@@ -1,0 +1,102 @@
+"""Dagster resources: the artifact store, the lineage store and the IO manager that passes artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ft_assets.artifacts import ArtifactRef, publish, staging
+
+POINTER = "latest.json"
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Folder of immutable, content-addressed artifacts: ``<root>/<asset>/<data_version>/``."""
+
+    root: str = "data/artifacts"
+
+    @contextmanager
+    def stage(self, asset: str) -> Iterator[Path]:
+        """Yield a staging folder for ``asset``; removed when the block fails or after publishing."""
+        with staging(self.root, asset) as folder:
+            yield folder
+
+    def publish(self, folder: Path, asset: str) -> ArtifactRef:
+        """Hash the staging folder and move it into place."""
+        return publish(folder, asset)
+
+
+class LineageStore(dg.ConfigurableResource):
+    """The DuckDB lineage database. Every write opens a short connection and retries on locks."""
+
+    path: str = "data/lineage.duckdb"
+    lock_timeout_s: float = 120.0
+
+    def record(
+        self,
+        context: dg.AssetExecutionContext,
+        ref: ArtifactRef,
+        parents: list[ArtifactRef | tuple[str, str]],
+        config: dg.Config | dict[str, Any] | None = None,
+        members_file: Path | None = None,
+    ) -> dict[str, Any]:
+        """Record a materialization with its parents and members; return metadata that lets ``sync`` redo it."""
+        from ft_assets.lineage.store import Materialization, record
+
+        key = dg.AssetKey(ref.asset)
+        config_dict = config.model_dump() if isinstance(config, dg.Config) else dict(config or {})
+        materialization = Materialization(
+            asset=ref.asset,
+            data_version=ref.version,
+            code_version=context.assets_def.code_versions_by_key.get(key),
+            run_id=context.run.run_id,
+            path=ref.path,
+            config=config_dict,
+            parents=[(p.asset, p.version) if isinstance(p, ArtifactRef) else tuple(p) for p in parents],
+            members_file=str(members_file) if members_file else None,
+        )
+        members = None
+        if members_file is not None:
+            import pyarrow.parquet as pq
+
+            members = pq.read_table(members_file)
+        record(self.path, materialization, members)
+        return {
+            "lineage": dg.MetadataValue.json(materialization.to_dict()),
+            "path": dg.MetadataValue.path(ref.path),
+            "data_version": ref.version,
+        }
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Passes ``ArtifactRef``s between assets through a ``latest.json`` pointer per asset."""
+
+    root: str = "data/artifacts"
+
+    def _pointer(self, key: dg.AssetKey) -> Path:
+        return Path(self.root) / "/".join(key.path) / POINTER
+
+    def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
+        """Point the asset at its newest artifact (atomic replace)."""
+        pointer = self._pointer(context.asset_key)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        temporary = pointer.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"asset": obj.asset, "version": obj.version, "path": obj.path}))
+        os.replace(temporary, pointer)
+
+    def load_input(self, context: dg.InputContext) -> ArtifactRef:
+        """Return the newest artifact of the upstream asset, or fail saying what to materialize."""
+        key = context.asset_key
+        pointer = self._pointer(key)
+        if not pointer.exists():
+            raise dg.Failure(f"{key.to_user_string()} has no artifact under {self.root}: materialize it first")
+        ref = ArtifactRef(**json.loads(pointer.read_text()))
+        if not Path(ref.path).exists():
+            raise dg.Failure(f"artifact folder {ref.path} of {key.to_user_string()} is gone: re-materialize it")
+        return ref

@@ -1,0 +1,142 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_assets.definitions import defs
+from ft_assets.lineage import queries
+from ft_assets.lineage.store import connect
+from ft_assets.lineage.sync import sync
+from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
+from ft_assets_tests.conftest import ROOT
+
+DATA_ASSETS = ["raw_examples", "source_documents", "synthetic_examples", "cleaned_examples", "train_split",
+               "validation_split", "test_split"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    shutil.copytree(ROOT / "data" / "raw", tmp_path / "raw")
+    shutil.copytree(ROOT / "data" / "sources", tmp_path / "sources")
+    return tmp_path
+
+
+def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    artifacts = str(project / "artifacts")
+    job = defs.resolve_job_def("main")
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=raise_on_error,
+        resources={
+            "artifacts": ArtifactStore(root=artifacts),
+            "io_manager": ArtifactIOManager(root=artifacts),
+            "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+        },
+        run_config={
+            "ops": {
+                "raw_examples": {"config": {"folder": str(project / "raw")}},
+                "source_documents": {"config": {"folder": str(project / "sources")}},
+            }
+        },
+    )
+
+
+def _versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    return {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata["data_version"].value
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def test_main_job_materializes_data_assets_with_checks_and_lineage(project):
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _materialize(project, instance)
+        assert result.success
+        versions = _versions(result)
+        assert set(versions) == set(DATA_ASSETS)
+        checks = result.get_asset_check_evaluations()
+        assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} == {
+            ("train_split", "train_split_has_enough_examples"),
+            ("test_split", "splits_do_not_overlap"),
+            ("train_split", "format_valid"),
+            ("validation_split", "format_valid"),
+            ("test_split", "format_valid"),
+        }
+        assert all(c.passed for c in checks)
+        cleaned = next(
+            e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "cleaned_examples"
+        )
+        assert cleaned["read"].value == cleaned["kept"].value + cleaned["rejected"].value
+        assert cleaned["read_equals_kept_plus_rejected"].value is True
+        assert "example_missing_assistant_message" in cleaned["rejects_by_reason"].value
+        for asset, version in versions.items():
+            assert (project / "artifacts" / asset / version).is_dir()
+
+        db = project / "lineage.duckdb"
+        upstream = {r["asset"] for r in queries.trace(db, "train_split")}
+        assert {"cleaned_examples", "raw_examples", "synthetic_examples", "source_documents"} <= upstream
+        assert "file:" + (project / "raw" / "invoices_2026_h1.jsonl").as_posix() in upstream
+        with connect(db, read_only=True) as connection:
+            members = connection.execute(
+                "SELECT asset, count(*) FROM members WHERE data_version IN (?, ?, ?) GROUP BY asset",
+                [versions["train_split"], versions["validation_split"], versions["test_split"]],
+            ).fetchall()
+            before = connection.execute("SELECT count(*) FROM members").fetchone()
+        assert sum(n for _, n in members) == cleaned["kept"].value
+
+        db.unlink()
+        counts = sync(instance, db)
+        assert counts["materializations"] == len(DATA_ASSETS)
+        with connect(db, read_only=True) as connection:
+            assert connection.execute("SELECT count(*) FROM members").fetchone() == before
+        assert {r["asset"] for r in queries.trace(db, "train_split")} == upstream
+
+
+def test_versions_follow_content(project):
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = _versions(_materialize(project, instance))
+        again = _versions(_materialize(project, instance))
+        assert first == again
+        with open(project / "raw" / "invoices_2026_h2.jsonl", "a") as handle:
+            handle.write(
+                '{"id": "inv-new", "messages": [{"role": "user", "content": "Invoice from Gasline, total 12.00"},'
+                ' {"role": "assistant", "content": "Category: Utilities\\nVendor: Gasline"}]}\n'
+            )
+        changed = _versions(_materialize(project, instance))
+        assert changed["raw_examples"] != first["raw_examples"]
+        assert changed["cleaned_examples"] != first["cleaned_examples"]
+        assert changed["source_documents"] == first["source_documents"]
+        assert (project / "artifacts" / "raw_examples" / first["raw_examples"]).is_dir(), "old versions stay"
+
+
+def test_missing_raw_folder_fails_with_a_clear_message(project):
+    shutil.rmtree(project / "raw")
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _materialize(project, instance, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("raw_examples")
+    assert "does not exist" in failure.error.message
+
+
+def test_definitions_load_without_heavy_imports():
+    code = (
+        "import sys, ft_assets.definitions; "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert output == ""
+
+
+def test_dagster_validates_the_workspace():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "DAGSTER_HOME": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
