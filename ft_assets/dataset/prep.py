@@ -11,27 +11,29 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from itertools import compress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
-from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk
+from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 
 SPLITS = ("train", "validation", "test")
-CHUNK_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024
 CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
@@ -117,13 +119,17 @@ def _scan_all(tasks: list[ChunkTask], workers: int) -> list[ChunkResult]:
     if workers <= 1 or len(tasks) <= 1:
         return [scan_chunk(task) for task in tasks]
     # fork is instant and safe from a single-threaded process (the CLI); spawn otherwise.
-    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+    if threading.active_count() == 1:
+        warm_up()
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(tasks))) as pool:
         return list(pool.imap(scan_chunk, tasks))
 
 
 def _column(results: list[ChunkResult], name: str) -> np.ndarray:
-    parts = [pq.read_table(r.path("index.parquet"), columns=[name]).column(0).to_numpy() for r in results]
+    parts = [_read_column(r, name) for r in results]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
@@ -145,12 +151,6 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from handle
 
 
-def _read_raw(files: Sequence[Path], file_index: int, offset: int, length: int) -> bytes:
-    with open(files[file_index], "rb") as handle:
-        handle.seek(offset)
-        return handle.read(length)
-
-
 def _token_stats(tokens: np.ndarray) -> dict[str, float]:
     if len(tokens) == 0:
         return {"min": 0, "median": 0, "p90": 0, "max": 0, "total": 0}
@@ -161,6 +161,93 @@ def _token_stats(tokens: np.ndarray) -> dict[str, float]:
         "max": int(tokens.max()),
         "total": int(tokens.sum()),
     }
+
+
+@dataclass
+class _Scanned:
+    """Inputs scanned into a scratch folder, with the duplicate verdict of every kept row."""
+
+    files: list[Path]
+    names: list[str]
+    config: CleanConfig
+    results: list[ChunkResult]
+    duplicate: np.ndarray
+    exact: np.ndarray
+    first_of: np.ndarray
+
+    def kept_column(self, name: str) -> np.ndarray:
+        """Return an index column for the rows that survive de-duplication, in input order."""
+        return _column(self.results, name)[~self.duplicate]
+
+
+def _scan(
+    inputs: Sequence[str | Path],
+    scratch: Path,
+    config: CleanConfig | None,
+    labels: Sequence[str] | None,
+    workers: int | None,
+    chunk_bytes: int,
+) -> _Scanned:
+    files = expand_inputs(inputs)
+    config = config or CleanConfig()
+    config = replace(config, format=resolve_format(files, config.format))
+    names = list(labels) if labels is not None else [str(f) for f in files]
+    if len(names) != len(files):
+        raise ValueError(f"{len(labels or [])} labels for {len(files)} input files")
+    tasks = [
+        ChunkTask(n, index, str(path), start, end, str(scratch), config)
+        for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
+    ]
+    results = _scan_all(tasks, workers or os.cpu_count() or 1)
+    duplicate, exact, first_of = find_duplicates(_column(results, "norm_hash"), _column(results, "exact_hash"))
+    return _Scanned(files, names, config, results, duplicate, exact, first_of)
+
+
+class _CleanedOutput:
+    """Writes kept rows to ``cleaned.jsonl`` and their index to ``cleaned.index.parquet``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.lines = open(out_dir / CLEANED, "wb")  # noqa: SIM115 - closed in close()
+        self.index = pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd")
+
+    def add(self, lines: list[bytes], table: pa.Table) -> None:
+        """Append kept rows and their index rows."""
+        _write_selected(self.lines, lines, np.ones(len(lines), dtype=bool))
+        self.index.write_table(table)
+
+    def close(self) -> None:
+        """Flush and close both files."""
+        self.lines.close()
+        self.index.close()
+
+
+class _SplitOutput:
+    """Writes kept rows straight into ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl``."""
+
+    def __init__(self, out_dir: Path, assignment: np.ndarray) -> None:
+        self.files = [open(out_dir / f"{name}.jsonl", "wb") for name in SPLITS]  # noqa: SIM115 - closed in close()
+        self.assignment = assignment
+        self.row = 0
+        self.tokens = np.zeros(3, dtype=np.int64)
+
+    def add(self, lines: list[bytes], table: pa.Table) -> None:
+        """Route each kept row to its split."""
+        target = self.assignment[self.row : self.row + len(lines)]
+        self.row += len(lines)
+        tokens = table["tokens"].to_numpy()
+        for i, handle in enumerate(self.files):
+            _write_selected(handle, lines, target == i)
+            self.tokens[i] += int(tokens[target == i].sum())
+
+    def close(self) -> None:
+        """Close the three files."""
+        for handle in self.files:
+            handle.close()
+
+    def report(self) -> dict[str, dict[str, int]]:
+        """Rows and tokens per split."""
+        counts = np.bincount(self.assignment, minlength=3)
+        return {name: {"rows": int(counts[i]), "tokens": int(self.tokens[i])} for i, name in enumerate(SPLITS)}
 
 
 def clean(
@@ -180,36 +267,44 @@ def clean(
     kept row: ids, group, source file and line, tokens, fingerprints) and ``rejected.jsonl``
     (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
     """
-    files = expand_inputs(inputs)
-    config = config or CleanConfig()
-    config = replace(config, format=resolve_format(files, config.format))
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(labels) if labels is not None else [str(f) for f in files]
-    if len(names) != len(files):
-        raise ValueError(f"{len(labels or [])} labels for {len(files)} input files")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
-        tasks = [
-            ChunkTask(n, index, str(path), start, end, scratch, config)
-            for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
-        ]
-        results = _scan_all(tasks, workers or os.cpu_count() or 1)
-        duplicate, exact, first_of = find_duplicates(_column(results, "norm_hash"), _column(results, "exact_hash"))
-        report = _merge(results, files, names, out_dir, duplicate, exact, first_of)
-    report["format"] = config.format
-    report["config"] = asdict(config)
+        scanned = _scan(inputs, Path(scratch), config, labels, workers, chunk_bytes)
+        output = _CleanedOutput(out_dir)
+        try:
+            report = _merge(scanned, out_dir, output)
+        finally:
+            output.close()
+    report["format"] = scanned.config.format
+    report["config"] = asdict(scanned.config)
     return report
 
 
-def _merge(
-    results: list[ChunkResult],
-    files: Sequence[Path],
-    names: list[str],
-    out_dir: Path,
-    duplicate: np.ndarray,
-    exact: np.ndarray,
-    first_of: np.ndarray,
-) -> dict[str, Any]:
-    """Write the kept rows, their index and the rejected rows in input order; count everything."""
+def _line_blocks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
+    """Yield the lines of a file (without newlines) in lists of about ``block_bytes``."""
+    with open(path, "rb") as handle:
+        rest = b""
+        while block := handle.read(block_bytes):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[: cut - 1].split(b"\n")
+        if rest:
+            yield [rest]
+
+
+def _write_selected(out: BinaryIO, lines: list[bytes], mask: np.ndarray) -> None:
+    """Write the lines where ``mask`` is true, each followed by a newline."""
+    selected = list(compress(lines, mask.tolist()))
+    if selected:
+        out.write(b"\n".join(selected) + b"\n")
+
+
+def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedOutput | _SplitOutput) -> dict[str, Any]:
+    """Hand the kept rows to ``output`` and write the rejected rows, in input order; count everything."""
+    results, files, names = scanned.results, scanned.files, scanned.names
+    duplicate, exact, first_of = scanned.duplicate, scanned.exact, scanned.first_of
     line_base: dict[int, int] = Counter()
     chunk_line_base = []
     for result in results:
@@ -223,54 +318,50 @@ def _merge(
     fixes: Counter[str] = Counter()
     per_file = [{"path": name, "read": 0, "kept": 0, "rejected": 0} for name in names]
     tokens_kept = []
-    position = 0
-    row = 0
-    with (
-        open(out_dir / CLEANED, "wb") as cleaned,
-        open(out_dir / REJECTED, "wb") as rejected,
-        pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd") as index_writer,
-    ):
+    position = row = written_rejects = 0
+    schema = _cleaned_index_schema()
+    with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as inputs:
+        sources = [inputs.enter_context(open(f, "rb")) for f in files]
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
             reasons.update(result.reasons)
-            table = pq.read_table(result.path("index.parquet"))
+            table = feather.read_table(result.path("index.arrow"), memory_map=True)
             dup = duplicate[row : row + result.kept]
-            keep = ~dup
             out_rows: list[tuple[int, bytes]] = []
             for raw in _lines(result.path("rejected.jsonl")):
                 record = orjson.loads(raw)
                 record["line"] += base
                 out_rows.append((record["line"], orjson.dumps({"file": names[file_index], **record})))
-            for local in np.flatnonzero(dup):
+            offsets, lengths = table["offset"].to_numpy(), table["length"].to_numpy()
+            for local in np.flatnonzero(dup).tolist():
                 first = first_of[row + local]
                 reason = "exact_duplicate" if exact[row + local] else "normalized_duplicate"
                 reasons[reason] += 1
-                raw_line = _read_raw(files, file_index, int(table["offset"][local].as_py()), int(table["length"][local].as_py()))
+                sources[file_index].seek(int(offsets[local]))
                 record = {
                     "file": names[file_index],
                     "line": int(row_line[row + local]),
                     "reasons": [reason],
-                    "raw": raw_line.decode("utf-8", "backslashreplace"),
+                    "raw": sources[file_index].read(int(lengths[local])).decode("utf-8", "backslashreplace"),
                     "duplicate_of": {"file": names[row_file[first]], "line": int(row_line[first])},
                 }
                 out_rows.append((record["line"], orjson.dumps(record)))
             out_rows.sort(key=lambda item: item[0])
             rejected.writelines(item[1] + b"\n" for item in out_rows)
+            written_rejects += len(out_rows)
+            lines = result.path("kept.jsonl").read_bytes().split(b"\n")[:-1]
             if dup.any():
-                for line, keep_it in zip(_lines(result.path("kept.jsonl")), keep, strict=True):
-                    if keep_it:
-                        cleaned.write(line)
+                keep = ~dup
+                lines = list(compress(lines, keep.tolist()))
                 table = table.filter(pa.array(keep))
-            else:
-                with open(result.path("kept.jsonl"), "rb") as source:
-                    shutil.copyfileobj(source, cleaned, 1 << 20)
             n_kept = table.num_rows
             table = table.set_column(0, "line", pc.add(table["line"], base))
             table = table.append_column("file", pa.array([names[file_index]] * n_kept, pa.string()))
             table = table.append_column("position", pa.array(np.arange(position, position + n_kept)))
-            index_writer.write_table(table.select(_cleaned_index_schema().names).cast(_cleaned_index_schema()))
+            output.add(lines, table.select(schema.names).cast(schema))
+            fix_bits = table["fixes"].to_numpy()
             for bit, name in FIX_NAMES.items():
-                count = int(np.count_nonzero(table["fixes"].to_numpy() & bit))
+                count = int(np.count_nonzero(fix_bits & bit))
                 if count:
                     fixes[name] += count
             tokens_kept.append(table["tokens"].to_numpy())
@@ -280,15 +371,13 @@ def _merge(
             position += n_kept
             row += result.kept
     read = sum(r.lines for r in results)
-    rejected_rows = read - position
-    n_rejected = sum(1 for _ in _lines(out_dir / REJECTED))
-    if n_rejected != rejected_rows:
-        raise RuntimeError(f"row accounting broke: read {read}, kept {position}, rejected {n_rejected}")
+    if written_rejects != read - position:
+        raise RuntimeError(f"row accounting broke: read {read}, kept {position}, rejected {written_rejects}")
     tokens = np.concatenate(tokens_kept) if tokens_kept else np.zeros(0, np.int32)
     return {
         "read": read,
         "kept": position,
-        "rejected": n_rejected,
+        "rejected": written_rejects,
         "duplicates": int(duplicate.sum()),
         "by_reason": dict(sorted(reasons.items())),
         "fixes": dict(sorted(fixes.items())),
@@ -298,7 +387,7 @@ def _merge(
 
 
 def _read_column(result: ChunkResult, name: str) -> np.ndarray:
-    return pq.read_table(result.path("index.parquet"), columns=[name]).column(0).to_numpy()
+    return feather.read_table(result.path("index.arrow"), columns=[name], memory_map=True).column(0).to_numpy()
 
 
 def _cleaned_index_schema() -> pa.Schema:
@@ -353,9 +442,14 @@ def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: boo
         writers = [pq.ParquetWriter(out_dir / f"{name}.members.parquet", member_schema) for name in SPLITS]
     counts = np.bincount(assignment, minlength=3)
     try:
-        writes = [h.write for h in handles]
-        for line, target in zip(_lines(cleaned_dir / CLEANED), assignment.tolist(), strict=True):
-            writes[target](line)
+        row = 0
+        for lines in _line_blocks(cleaned_dir / CLEANED):
+            target = assignment[row : row + len(lines)]
+            row += len(lines)
+            for i, handle in enumerate(handles):
+                _write_selected(handle, lines, target == i)
+        if row != len(assignment):
+            raise RuntimeError(f"{cleaned_dir / CLEANED} has {row} rows but its index {len(assignment)}")
         if members:
             _write_members(pq.ParquetFile(index_path), assignment, writers)
     finally:
@@ -394,36 +488,23 @@ def prep(
     *,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``."""
+    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
+
+    Kept rows go straight from the scan into the split files: the same rows, order and
+    assignment as ``clean`` followed by ``split``, without writing ``cleaned.jsonl`` in between.
+    """
+    split_config = split_config or SplitConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".clean-") as scratch:
-        work = Path(scratch)
-        report = clean(inputs, work, clean_config, workers=workers)
-        report["splits"] = split(work, out_dir, split_config or SplitConfig(), members=False)
-        os.replace(work / REJECTED, out_dir / REJECTED)
-    report["seed"] = (split_config or SplitConfig()).seed
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
+        scanned = _scan(inputs, Path(scratch), clean_config, None, workers, CHUNK_BYTES)
+        output = _SplitOutput(out_dir, assign_splits(scanned.kept_column("group_hash"), split_config))
+        try:
+            report = _merge(scanned, out_dir, output)
+        finally:
+            output.close()
+    report["splits"] = output.report()
+    report["format"] = scanned.config.format
+    report["config"] = asdict(scanned.config)
+    report["seed"] = split_config.seed
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
-
-
-def revalidate(path: Path) -> dict[str, Any]:
-    """Clean an already-cleaned file again (no token limit, markdown kept) and return the report."""
-    with tempfile.TemporaryDirectory() as scratch:
-        return clean([path], Path(scratch), CleanConfig(format="auto", max_tokens=2**31 - 1, strip_markdown=False))
-
-
-def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]:
-    """Return, for each pair of splits and each of example id, group and normalized content, shared counts > 0."""
-    columns = ("example_id", "group_id", "norm_hash")
-    values = {
-        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns)) for name, folder in split_folders.items()
-    }
-    found: dict[tuple[str, str], int] = {}
-    names = list(values)
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            for column in columns:
-                shared = set(values[first][column].to_pylist()) & set(values[second][column].to_pylist())
-                if shared:
-                    found[(f"{first}/{second}", column)] = len(shared)
-    return found

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
+import pyarrow.feather as feather
 import xxhash
 
+from ft_assets.dataset.columnar import FastRows, candidate_lines, fast_rows, string_buffers
 from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
-from ft_assets.dataset.text import estimate_tokens, has_markdown, normalized_key, strip_markdown
+from ft_assets.dataset.text import NORMALIZED_AWAY, estimate_tokens, has_markdown, strip_markdown
 
 BOM = b"\xef\xbb\xbf"
 FIX_WHITESPACE = 1
@@ -83,19 +86,6 @@ class ChunkResult:
     def path(self, suffix: str) -> Path:
         """Return the scratch file of this chunk with the given suffix."""
         return Path(self.task.scratch) / f"chunk-{self.task.number:06d}.{suffix}"
-
-
-def plain_length(messages: list[dict[str, Any]]) -> int:
-    """Return the characters of all contents, or -1 when some content needs a whitespace fix."""
-    total = 0
-    for message in messages:
-        content = message.get("content")
-        if content is None:
-            continue
-        if "\r" in content or content[0].isspace() or content[-1].isspace():
-            return -1
-        total += len(content)
-    return total
 
 
 def clean_messages(messages: list[dict[str, Any]], markdown: bool) -> tuple[list[dict[str, Any]], int]:
@@ -178,84 +168,129 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
     return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id)
 
 
+def _scan_line(line: bytes, number: int, config: CleanConfig, reasons: Counter[str], rejected: list[bytes]) -> tuple[Any, ...] | None:
+    """Validate and clean one line on the reference (per-line) path; return its kept fields or None."""
+    fmt = config.format
+    raw = line[:-1] if line.endswith(b"\r") else line
+    if raw.startswith(BOM):
+        raw = raw[3:]
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        error = _parse_error(raw)
+        reasons[error] += 1
+        _reject(rejected, number, [error], line)
+        return None
+    if type(row) is not dict or detect_format(row) != fmt:
+        error = "data_type" if type(row) is not dict else "format_mismatch"
+        reasons[error] += 1
+        _reject(rejected, number, [error], line)
+        return None
+    errors = check_chat(row) if fmt == "chat" else check_preference(row)
+    example_id, group_id, source_id = _labels(row, errors)
+    if not errors:
+        payload, messages, fixes = clean_row(row, fmt, config.strip_markdown)
+        tokens = estimate_tokens(_content_length(messages), len(messages))
+        if tokens > config.max_tokens:
+            errors.add("too_many_tokens")
+    if errors:
+        ordered = sorted(errors)
+        reasons.update(ordered)
+        _reject(rejected, number, ordered, line)
+        return None
+    return orjson.dumps(payload, option=_CANONICAL), tokens, example_id, group_id, source_id, fixes
+
+
+def fingerprints(payload: pa.Array) -> tuple[list[int], list[int]]:
+    """Return the (normalized, exact) 64-bit hashes of canonical JSON payloads.
+
+    The normalized form is lower-cased with whitespace, its JSON escapes and markdown marks
+    dropped, so examples differing only in those share a key.
+    """
+    data, offsets = string_buffers(payload)
+    raw = data.tobytes()
+    ascii_only = pc.all(pc.string_is_ascii(payload)).as_py() is not False
+    if ascii_only:
+        text, bounds = raw.lower(), offsets.tolist()
+    else:
+        lowered, lowered_offsets = string_buffers(pc.utf8_lower(payload))
+        text, bounds = lowered.tobytes(), lowered_offsets.tolist()
+    for escape in (b"\\n", b"\\t", b"\\r"):  # same-length blanks keep the offsets valid
+        text = text.replace(escape, b"  ")
+    hash64 = xxhash.xxh3_64_intdigest
+    normalized = [hash64(text[a:b].translate(None, NORMALIZED_AWAY)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    bounds = offsets.tolist()
+    exact = [hash64(raw[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return normalized, exact
+
+
+def warm_up() -> None:
+    """Run the Arrow kernels of the fast path once, so that forked workers start with them loaded."""
+    line = orjson.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+    fingerprints(fast_rows([line], np.zeros(1, dtype=np.int64), 100, strip_markdown=True).payload)
+
+
 def scan_chunk(task: ChunkTask) -> ChunkResult:
     """Scan one chunk and write its kept rows, index and rejected rows to the scratch folder."""
     with open(task.path, "rb") as handle:
         handle.seek(task.start)
-        lines = handle.read(task.end - task.start).split(b"\n")
+        data = handle.read(task.end - task.start)
+    lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
     config = task.config
-    fmt = config.format
-    check = check_chat if fmt == "chat" else check_preference
-    markdown = config.strip_markdown
     result = ChunkResult(task=task, lines=len(lines))
-    reasons = result.reasons
-    kept: list[bytes] = []
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    fast = FastRows.empty()
+    if config.format == "chat" and lines:
+        fast = fast_rows(lines, candidate_lines(data, lengths), config.max_tokens, config.strip_markdown)
     rejected: list[bytes] = []
-    index_rows: list[tuple[Any, ...]] = []
-    offset = task.start
-    for number, line in enumerate(lines, start=1):
-        start = offset
-        offset += len(line) + 1
-        raw = line[:-1] if line.endswith(b"\r") else line
-        if raw.startswith(BOM):
-            raw = raw[3:]
-        try:
-            row = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            error = _parse_error(raw)
-            reasons[error] += 1
-            _reject(rejected, number, [error], line)
-            continue
-        if type(row) is not dict or detect_format(row) != fmt:
-            error = "data_type" if type(row) is not dict else "format_mismatch"
-            reasons[error] += 1
-            _reject(rejected, number, [error], line)
-            continue
-        errors = check(row)
-        example_id, group_id, source_id = _labels(row, errors)
-        if not errors:
-            fixes = 0
-            if fmt == "chat" and not (markdown and has_markdown(raw)):
-                messages = row["messages"]
-                characters = plain_length(messages)
-            else:
-                characters = -1
-            if characters >= 0:
-                payload = {"messages": messages}
-                for key in CHAT_PASSTHROUGH_KEYS:
-                    if key in row:
-                        payload[key] = row[key]
-            else:
-                payload, messages, fixes = clean_row(row, fmt, markdown)
-                characters = _content_length(messages)
-            tokens = estimate_tokens(characters, len(messages))
-            if tokens > config.max_tokens:
-                errors.add("too_many_tokens")
-        if errors:
-            ordered = sorted(errors)
-            reasons.update(ordered)
-            _reject(rejected, number, ordered, line)
-            continue
-        encoded = orjson.dumps(payload, option=_CANONICAL)
-        kept.append(encoded)
-        norm_hash = xxhash.xxh3_64_intdigest(normalized_key(encoded))
-        if example_id is None:
-            example_id = f"{norm_hash:016x}"
-        index_rows.append(
-            (number, start, len(line), example_id, group_id or example_id, source_id, tokens, norm_hash,
-             xxhash.xxh3_64_intdigest(encoded), fixes)
-        )
-    result.kept = len(kept)
-    _write_outputs(result, kept, rejected, index_rows)
-    return result
+    slow_lines, slow_rows = [], []
+    slow_path = np.ones(len(lines), dtype=bool)
+    slow_path[fast.lines] = False
+    for index in np.flatnonzero(slow_path).tolist():
+        kept = _scan_line(lines[index], index + 1, config, result.reasons, rejected)
+        if kept is not None:
+            slow_lines.append(index)
+            slow_rows.append(kept)
+    slow = list(zip(*slow_rows, strict=True)) or [[] for _ in range(6)]
+    line_index = np.concatenate([fast.lines, np.asarray(slow_lines, dtype=np.int64)])
+    order = pa.array(np.argsort(line_index, kind="stable"))
+    line_index = line_index[order.to_numpy()]
 
+    def combined(fast_values: pa.Array, slow_values: Any, kind: pa.DataType) -> pa.Array:
+        return pa.concat_arrays([fast_values.cast(kind), pa.array(slow_values, kind)]).take(order)
 
-def _write_outputs(result: ChunkResult, kept: list[bytes], rejected: list[bytes], index_rows: list[tuple[Any, ...]]) -> None:
-    columns = [list(c) for c in zip(*index_rows, strict=True)] or [[] for _ in INDEX_SCHEMA.names[:-1]]
-    columns.append([xxhash.xxh3_64_intdigest(g.encode()) for g in columns[4]])
-    table = pa.table(dict(zip(INDEX_SCHEMA.names, columns, strict=True)), schema=INDEX_SCHEMA)
-    pq.write_table(table, result.path("index.parquet"), compression="zstd")
-    result.path("kept.jsonl").write_bytes(b"\n".join(kept) + b"\n" if kept else b"")
+    payload = combined(fast.payload, [p.decode() for p in slow[0]], pa.string())
+    example_id = combined(fast.example_id, slow[2], pa.string())
+    group_id = combined(fast.group_id, slow[3], pa.string())
+    norm_hash, exact_hash = fingerprints(payload)
+    missing = example_id.is_null().to_numpy(zero_copy_only=False)
+    if missing.any():
+        ids = example_id.to_pylist()
+        for i in np.flatnonzero(missing).tolist():
+            ids[i] = f"{norm_hash[i]:016x}"
+        example_id = pa.array(ids, pa.string())
+    group_id = pc.coalesce(group_id, example_id)
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)])[:-1] + task.start
+    table = pa.table(
+        {
+            "line": line_index + 1,
+            "offset": starts[line_index],
+            "length": lengths[line_index],
+            "example_id": example_id,
+            "group_id": group_id,
+            "source_id": combined(fast.source_id, slow[4], pa.string()),
+            "tokens": np.concatenate([fast.tokens, np.asarray(slow[1], dtype=np.int64)])[order.to_numpy()],
+            "norm_hash": pa.array(norm_hash, pa.uint64()),
+            "exact_hash": pa.array(exact_hash, pa.uint64()),
+            "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[order.to_numpy()],
+            "group_hash": pa.array([xxhash.xxh3_64_intdigest(g.encode()) for g in group_id.to_pylist()], pa.uint64()),
+        }
+    ).cast(INDEX_SCHEMA)
+    result.kept = table.num_rows
+    feather.write_feather(table, result.path("index.arrow"), compression="uncompressed")
+    kept_lines, _ = string_buffers(pc.binary_join_element_wise(payload, "\n", ""))
+    result.path("kept.jsonl").write_bytes(kept_lines.tobytes())
     result.path("rejected.jsonl").write_bytes(b"\n".join(rejected) + b"\n" if rejected else b"")
+    return result

@@ -14,8 +14,9 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 CHARS_PER_TOKEN = 4
 
-_IGNORED_BYTES = b"*_`#>~ \t\n\r\x0b\x0c"
-_JSON_WHITESPACE_ESCAPES = (b"\\n", b"\\t", b"\\r")
+# Bytes dropped from lower-cased canonical JSON to make the duplicate key (with the JSON escapes
+# of newline, tab and CR): whitespace is dropped, not collapsed, so "a b" and "ab" share a key.
+NORMALIZED_AWAY = b"*_`#>~ \t\n\r\x0b\x0c"
 _CODE_FENCE = re.compile(r"^\s*```[\w-]*\s*$", re.MULTILINE)
 _EMPHASIS = re.compile(r"(\*\*|__|`)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
@@ -24,20 +25,6 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
 def estimate_tokens(characters: int, messages: int) -> int:
     """Return the estimated tokens of ``messages`` messages holding ``characters`` characters."""
     return -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REPLY
-
-
-def normalized_key(canonical_json: bytes) -> bytes:
-    """Return a key equal for examples that differ only in case, whitespace or markdown marks.
-
-    ``canonical_json`` is the example serialized with sorted keys. Whitespace is dropped
-    rather than collapsed (so "a b" and "ab" share a key): one C-level pass instead of a
-    split and join, at the price of treating a missing space as a duplicate.
-    """
-    text = canonical_json.lower() if canonical_json.isascii() else canonical_json.decode().lower().encode()
-    for escape in _JSON_WHITESPACE_ESCAPES:
-        if escape in text:
-            text = text.replace(escape, b"")
-    return text.translate(None, _IGNORED_BYTES)
 
 
 def has_markdown(text: bytes | str) -> bool:

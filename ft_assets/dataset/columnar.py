@@ -1,0 +1,264 @@
+"""Columnar fast path of the scan: whole blocks of plain chat rows parsed and validated by Arrow kernels.
+
+A line takes this path only when its verdict is certain: it is one JSON object on one line, its
+messages hold exactly ``role`` and ``content`` (system, user or assistant; non-empty strings
+with nothing to trim, no CR, no control character but tab and newline, no markdown in answers
+when markdown is stripped), the order rules hold, it is under the token limit, and its
+``id``/``group``/``source_id`` are non-empty strings or absent. Every other line goes to the
+per-line Python path in ``scan``, which is the reference for every rule: this module only
+decides which rows need no further thought, and serializes them exactly as orjson would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from ft_assets.dataset.text import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_PER_REPLY
+
+LABELS = ("id", "group", "source_id")
+SCHEMA = pa.schema(
+    [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
+    + [(name, pa.string()) for name in LABELS]
+)
+ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
+_ROW_IN_ERROR = re.compile(r"in row (\d+)")
+MAX_FAILED_PARSES = 64
+
+
+@dataclass
+class FastRows:
+    """Rows taken by the fast path: their line indices in the chunk and their outputs."""
+
+    lines: np.ndarray
+    payload: pa.Array
+    tokens: np.ndarray
+    example_id: pa.Array
+    group_id: pa.Array
+    source_id: pa.Array
+
+    @classmethod
+    def empty(cls) -> FastRows:
+        """No rows."""
+        none = pa.array([], pa.string())
+        return cls(np.zeros(0, np.int64), none, np.zeros(0, np.int64), none, none, none)
+
+
+def candidate_lines(data: bytes, lengths: np.ndarray) -> np.ndarray:
+    """Return indices of the lines that start with '{' and end with '}' (before an optional CR).
+
+    ``data`` holds the lines joined by newlines, ``lengths`` their byte lengths. Such lines
+    cannot continue a JSON value from, or into, a neighbouring line, so a parse of many of
+    them yields exactly one row per line or an error.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)]).astype(np.int64)
+    nonempty = lengths > 0
+    last = np.where(nonempty, starts + lengths - 1, 0)
+    crlf = nonempty & (buffer[last] == ord("\r")) & (lengths > 1)
+    last = np.where(crlf, last - 1, last)
+    return np.flatnonzero(nonempty & (buffer[starts.clip(max=len(buffer) - 1)] == ord("{")) & (buffer[last] == ord("}")))
+
+
+def _parse(block: bytes) -> pa.Table:
+    return pj.read_json(
+        pa.BufferReader(block),
+        read_options=pj.ReadOptions(block_size=max(len(block) + 1, 1 << 16), use_threads=False),
+        parse_options=pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="infer"),
+    )
+
+
+def parse_lines(lines: list[bytes]) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
+    """Parse lines in as few Arrow calls as possible; return (positions, table) parts and unparsed positions.
+
+    On an error naming a row, that row and its neighbours are set aside and both sides are
+    parsed again; after ``MAX_FAILED_PARSES`` errors the rest is set aside untried.
+    """
+    parts: list[tuple[np.ndarray, pa.Table]] = []
+    rejected: list[np.ndarray] = []
+    pending = [(0, len(lines))]
+    failures = 0
+    while pending:
+        a, b = pending.pop()
+        if a >= b:
+            continue
+        if failures >= MAX_FAILED_PARSES:
+            rejected.append(np.arange(a, b))
+            continue
+        try:
+            table = _parse(b"\n".join(lines[a:b]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            failures += 1
+            match = _ROW_IN_ERROR.search(str(error))
+            if match is None or b - a <= 3:
+                if b - a <= 64:
+                    rejected.append(np.arange(a, b))
+                else:
+                    middle = (a + b) // 2
+                    pending += [(a, middle), (middle, b)]
+                continue
+            row = a + int(match.group(1))
+            low, high = max(a, row - 1), min(b, row + 2)
+            rejected.append(np.arange(low, high))
+            pending += [(a, low), (high, b)]
+            continue
+        if table.num_rows != b - a:
+            rejected.append(np.arange(a, b))
+            continue
+        parts.append((np.arange(a, b), table))
+    leftover = np.concatenate(rejected) if rejected else np.zeros(0, dtype=np.int64)
+    return parts, leftover
+
+
+def _segment_first(values: np.ndarray, offsets: np.ndarray, n_rows: int) -> np.ndarray:
+    """For each message, the cumulative count of ``values`` in its row up to and including it."""
+    cumulative = np.cumsum(values, dtype=np.int64)
+    before_row = np.concatenate([[0], cumulative])[offsets[:-1]]
+    row_of = np.repeat(np.arange(n_rows), np.diff(offsets))
+    return cumulative - before_row[row_of]
+
+
+def _escape(content: pa.Array) -> pa.Array:
+    """JSON-escape strings the way orjson does for text without CR or other control characters."""
+    content = pc.replace_substring(content, "\\", "\\\\")
+    content = pc.replace_substring(content, '"', '\\"')
+    content = pc.replace_substring(content, "\n", "\\n")
+    return pc.replace_substring(content, "\t", "\\t")
+
+
+def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Return (bytes, offsets from 0) of a string array without copying; nulls have empty extents."""
+    _, offsets, data = strings.buffers()
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(offsets, dtype=width)[strings.offset : strings.offset + len(strings) + 1].astype(np.int64)
+    if data is None or offsets[-1] == offsets[0]:
+        return np.zeros(0, np.uint8), offsets - offsets[0]
+    return np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def _byte_table(*groups: tuple[int, bytes | range]) -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint8)
+    for flag, values in groups:
+        for value in values:
+            table[value] |= flag
+    return table
+
+
+_CONTROL_BYTE, _MARKDOWN_BYTE, _SPACE_FIRST, _SPACE_LAST = 1, 2, 4, 8
+# Lead bytes of the multi-byte characters Python's str.strip() removes (U+0085, U+00A0, U+1680,
+# U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) and the final bytes they can end on:
+# a content starting or ending on one of these goes to the Python path (conservative).
+_FLAGS = _byte_table(
+    (_CONTROL_BYTE, bytes([*range(0x00, 0x09), *range(0x0B, 0x20)])),
+    (_MARKDOWN_BYTE, b"*_`#"),
+    (_SPACE_FIRST, b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xc2\xe1\xe2\xe3"),
+    (_SPACE_LAST, bytes([*b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f", 0x85, 0xA0, *range(0x80, 0x8B), 0xA8, 0xA9, 0xAF, 0x9F])),
+)
+
+
+def _content_needs_python(content: pa.Array, assistant: np.ndarray | None) -> np.ndarray:
+    """Flag contents that are empty, need trimming, hold control characters or (answers) markdown."""
+    data, offsets = string_buffers(content)
+    starts, ends = offsets[:-1], offsets[1:]
+    flagged = ends <= starts
+    if not len(data):
+        return flagged
+    nonempty = ~flagged
+    flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
+    flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
+    flags = _FLAGS[data]
+    control = np.flatnonzero(flags & _CONTROL_BYTE)
+    flagged[np.searchsorted(ends, control, side="right")] = True
+    if assistant is not None:
+        marks = np.flatnonzero(flags & _MARKDOWN_BYTE)
+        following = data[np.minimum(marks + 1, len(data) - 1)]
+        single = (data[marks] == ord("`")) | (data[marks] == ord("#")) | (following == data[marks])
+        owners = np.searchsorted(ends, marks[single], side="right")
+        flagged[owners[assistant[owners]]] = True
+    return flagged
+
+
+def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Return (accepted row mask, tokens, canonical payload of accepted rows) for one parsed table."""
+    n_rows = table.num_rows
+    columns = {name: table[name].combine_chunks() for name in table.column_names}
+    ok = np.ones(n_rows, dtype=bool)
+    for name, values in columns.items():
+        if name not in SCHEMA.names:
+            ok &= values.is_null().to_numpy(zero_copy_only=False)
+    for name in LABELS:
+        ok &= pc.greater(pc.utf8_length(columns[name]), 0).fill_null(True).to_numpy(zero_copy_only=False)
+    messages = columns["messages"]
+    lengths = pc.list_value_length(messages).fill_null(0).to_numpy(zero_copy_only=False)
+    ok &= lengths >= 2
+    offsets = messages.offsets.to_numpy()
+    items = messages.values
+    if messages.offset or len(items) != offsets[-1] - offsets[0]:
+        raise ValueError("unexpected sliced message array")
+    n_messages = len(items)
+    bad_message = items.is_null().to_numpy(zero_copy_only=False)
+    for field_index in range(items.type.num_fields):
+        if items.type.field(field_index).name not in ("role", "content"):
+            bad_message |= items.field(field_index).is_valid().to_numpy(zero_copy_only=False)
+    role_text = items.field("role")
+    content = items.field("content")
+    role = np.full(n_messages, -1, dtype=np.int8)
+    for name, code in ROLE_CODES.items():
+        role[pc.equal(role_text, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
+    bad_message |= role < 0
+    bad_message |= content.is_null().to_numpy(zero_copy_only=False)
+    bad_message |= _content_needs_python(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
+    position = np.arange(n_messages) - np.repeat(offsets[:-1], np.diff(offsets))
+    bad_message |= (role == ROLE_CODES["system"]) & (position > 0)
+    is_user = role == ROLE_CODES["user"]
+    previous_user = np.concatenate([[False], is_user[:-1]]) & (position > 0)
+    bad_message |= is_user & previous_user
+    users_so_far = _segment_first(is_user, offsets, n_rows)
+    bad_message |= (role == ROLE_CODES["assistant"]) & (users_so_far == 0)
+    row_of = np.repeat(np.arange(n_rows), np.diff(offsets))
+    ok &= np.bincount(row_of[bad_message], minlength=n_rows) == 0
+    ok &= np.bincount(row_of[role == ROLE_CODES["assistant"]], minlength=n_rows) > 0
+    characters = np.bincount(row_of, weights=pc.utf8_length(content).fill_null(0).to_numpy(zero_copy_only=False),
+                             minlength=n_rows).astype(np.int64)
+    tokens = -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * lengths + TOKENS_PER_REPLY
+    ok &= tokens <= max_tokens
+    keep_messages = np.repeat(ok, np.diff(offsets))
+    kept_content = _escape(content.filter(pa.array(keep_messages)))
+    kept_role = role_text.filter(pa.array(keep_messages))
+    message_json = pc.binary_join_element_wise('{"content":"', kept_content, '","role":"', kept_role, '"}', "")
+    kept_offsets = np.concatenate([[0], np.cumsum(lengths[ok])]).astype(np.int32)
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(kept_offsets), message_json), ",")
+    payload = pc.binary_join_element_wise('{"messages":[', joined, "]}", "")
+    return ok, tokens, payload
+
+
+def fast_rows(lines: list[bytes], candidates: np.ndarray, max_tokens: int, strip_markdown: bool) -> FastRows:
+    """Parse and validate candidate lines; return the rows accepted (the rest go to Python)."""
+    parts, _ = parse_lines([lines[i] for i in candidates])
+    taken, payloads, tokens, labels = [], [], [], {name: [] for name in LABELS}
+    for positions, table in parts:
+        ok, row_tokens, payload = accept(table, max_tokens, strip_markdown)
+        taken.append(candidates[positions[ok]])
+        payloads.append(payload)
+        tokens.append(row_tokens[ok])
+        mask = pa.array(ok)
+        for name in LABELS:
+            labels[name].append(table[name].combine_chunks().filter(mask))
+    if not taken:
+        return FastRows.empty()
+    lines_taken = np.concatenate(taken)
+    order = np.argsort(lines_taken, kind="stable")
+    take = pa.array(order)
+    return FastRows(
+        lines=lines_taken[order],
+        payload=pa.concat_arrays(payloads).take(take),
+        tokens=np.concatenate(tokens)[order],
+        example_id=pa.concat_arrays(labels["id"]).take(take),
+        group_id=pa.concat_arrays(labels["group"]).take(take),
+        source_id=pa.concat_arrays(labels["source_id"]).take(take),
+    )
