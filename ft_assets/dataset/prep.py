@@ -508,3 +508,26 @@ def prep(
     report["seed"] = split_config.seed
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
+
+
+def revalidate(path: Path) -> dict[str, Any]:
+    """Clean an already-cleaned file again (no token limit, markdown kept) and return the report."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return clean([path], Path(scratch), CleanConfig(format="auto", max_tokens=2**31 - 1, strip_markdown=False))
+
+
+def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]:
+    """Return, for each pair of splits and each of example id, group and normalized content, shared counts > 0."""
+    columns = ("example_id", "group_id", "norm_hash")
+    values = {
+        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns)) for name, folder in split_folders.items()
+    }
+    found: dict[tuple[str, str], int] = {}
+    names = list(values)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for column in columns:
+                shared = set(values[first][column].to_pylist()) & set(values[second][column].to_pylist())
+                if shared:
+                    found[(f"{first}/{second}", column)] = len(shared)
+    return found
