@@ -28,6 +28,8 @@ SCHEMA = pa.schema(
 )
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
+_LABEL_CLASH = re.compile(r"Column\(/(?:id|group|source_id)\)")
+_NON_STRING_LABEL = re.compile(rb'"(?:id|group|source_id)"\s*:\s*[^"\s]')
 MAX_FAILED_PARSES = 64
 
 
@@ -77,40 +79,50 @@ def parse_lines(lines: list[bytes]) -> tuple[list[tuple[np.ndarray, pa.Table]], 
     """Parse lines in as few Arrow calls as possible; return (positions, table) parts and unparsed positions.
 
     On an error naming a row, that row and its neighbours are set aside and both sides are
-    parsed again; after ``MAX_FAILED_PARSES`` errors the rest is set aside untried.
+    parsed again. A type clash on a label column (an integer ``id``, say) first sets aside
+    every line whose labels are not strings. After ``MAX_FAILED_PARSES`` errors the rest is
+    set aside untried: the per-line path handles whatever is set aside.
     """
     parts: list[tuple[np.ndarray, pa.Table]] = []
     rejected: list[np.ndarray] = []
-    pending = [(0, len(lines))]
+    pending = [np.arange(len(lines))]
     failures = 0
+    labels_filtered = False
     while pending:
-        a, b = pending.pop()
-        if a >= b:
+        positions = pending.pop()
+        if not len(positions):
             continue
         if failures >= MAX_FAILED_PARSES:
-            rejected.append(np.arange(a, b))
+            rejected.append(positions)
             continue
         try:
-            table = _parse(b"\n".join(lines[a:b]))
+            table = _parse(b"\n".join([lines[i] for i in positions]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             failures += 1
-            match = _ROW_IN_ERROR.search(str(error))
-            if match is None or b - a <= 3:
-                if b - a <= 64:
-                    rejected.append(np.arange(a, b))
-                else:
-                    middle = (a + b) // 2
-                    pending += [(a, middle), (middle, b)]
+            message = str(error)
+            if not labels_filtered and _LABEL_CLASH.search(message):
+                labels_filtered = True
+                plain = np.array([_NON_STRING_LABEL.search(lines[i]) is None for i in positions], dtype=bool)
+                rejected.append(positions[~plain])
+                pending.append(positions[plain])
                 continue
-            row = a + int(match.group(1))
-            low, high = max(a, row - 1), min(b, row + 2)
-            rejected.append(np.arange(low, high))
-            pending += [(a, low), (high, b)]
+            match = _ROW_IN_ERROR.search(message)
+            if match is None or len(positions) <= 3:
+                if len(positions) <= 64:
+                    rejected.append(positions)
+                else:
+                    middle = len(positions) // 2
+                    pending += [positions[:middle], positions[middle:]]
+                continue
+            row = int(match.group(1))
+            low, high = max(0, row - 1), min(len(positions), row + 2)
+            rejected.append(positions[low:high])
+            pending += [positions[:low], positions[high:]]
             continue
-        if table.num_rows != b - a:
-            rejected.append(np.arange(a, b))
+        if table.num_rows != len(positions):
+            rejected.append(positions)
             continue
-        parts.append((np.arange(a, b), table))
+        parts.append((positions, table))
     leftover = np.concatenate(rejected) if rejected else np.zeros(0, dtype=np.int64)
     return parts, leftover
 
@@ -131,6 +143,20 @@ def _escape(content: pa.Array) -> pa.Array:
     return pc.replace_substring(content, "\t", "\\t")
 
 
+def _escape_where(content: pa.Array, keep: np.ndarray, escape: np.ndarray) -> pa.Array:
+    """Return the kept contents, JSON-escaping only those that need it."""
+    plain = np.flatnonzero(keep & ~escape)
+    escaped = np.flatnonzero(keep & escape)
+    if not len(escaped):
+        return content.take(pa.array(plain))
+    kept = np.flatnonzero(keep)
+    placement = np.empty(len(kept), dtype=np.int64)
+    placement[np.searchsorted(kept, plain)] = np.arange(len(plain))
+    placement[np.searchsorted(kept, escaped)] = len(plain) + np.arange(len(escaped))
+    parts = pa.concat_arrays([content.take(pa.array(plain)), _escape(content.take(pa.array(escaped)))])
+    return parts.take(pa.array(placement))
+
+
 def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Return (bytes, offsets from 0) of a string array without copying; nulls have empty extents."""
     _, offsets, data = strings.buffers()
@@ -149,25 +175,28 @@ def _byte_table(*groups: tuple[int, bytes | range]) -> np.ndarray:
     return table
 
 
-_CONTROL_BYTE, _MARKDOWN_BYTE, _SPACE_FIRST, _SPACE_LAST = 1, 2, 4, 8
+_CONTROL_BYTE, _MARKDOWN_BYTE, _SPACE_FIRST, _SPACE_LAST, _ESCAPED = 1, 2, 4, 8, 16
 # Lead bytes of the multi-byte characters Python's str.strip() removes (U+0085, U+00A0, U+1680,
 # U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) and the final bytes they can end on:
 # a content starting or ending on one of these goes to the Python path (conservative).
 _FLAGS = _byte_table(
     (_CONTROL_BYTE, bytes([*range(0x00, 0x09), *range(0x0B, 0x20)])),
     (_MARKDOWN_BYTE, b"*_`#"),
+    (_ESCAPED, b'"\\\n\t'),
     (_SPACE_FIRST, b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xc2\xe1\xe2\xe3"),
     (_SPACE_LAST, bytes([*b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f", 0x85, 0xA0, *range(0x80, 0x8B), 0xA8, 0xA9, 0xAF, 0x9F])),
 )
 
 
-def _content_needs_python(content: pa.Array, assistant: np.ndarray | None) -> np.ndarray:
-    """Flag contents that are empty, need trimming, hold control characters or (answers) markdown."""
+def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Flag contents the Python path must see (empty, to trim, control characters, markdown in
+    answers), and contents holding a character that JSON escapes."""
     data, offsets = string_buffers(content)
     starts, ends = offsets[:-1], offsets[1:]
     flagged = ends <= starts
+    escaped = np.zeros(len(flagged), dtype=bool)
     if not len(data):
-        return flagged
+        return flagged, escaped
     nonempty = ~flagged
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
@@ -180,7 +209,8 @@ def _content_needs_python(content: pa.Array, assistant: np.ndarray | None) -> np
         single = (data[marks] == ord("`")) | (data[marks] == ord("#")) | (following == data[marks])
         owners = np.searchsorted(ends, marks[single], side="right")
         flagged[owners[assistant[owners]]] = True
-    return flagged
+    escaped[np.searchsorted(ends, np.flatnonzero(flags & _ESCAPED), side="right")] = True
+    return flagged, escaped
 
 
 def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -212,7 +242,8 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
         role[pc.equal(role_text, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
     bad_message |= role < 0
     bad_message |= content.is_null().to_numpy(zero_copy_only=False)
-    bad_message |= _content_needs_python(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
+    needs_python, needs_escape = _inspect_contents(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
+    bad_message |= needs_python
     position = np.arange(n_messages) - np.repeat(offsets[:-1], np.diff(offsets))
     bad_message |= (role == ROLE_CODES["system"]) & (position > 0)
     is_user = role == ROLE_CODES["user"]
@@ -228,7 +259,7 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     tokens = -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * lengths + TOKENS_PER_REPLY
     ok &= tokens <= max_tokens
     keep_messages = np.repeat(ok, np.diff(offsets))
-    kept_content = _escape(content.filter(pa.array(keep_messages)))
+    kept_content = _escape_where(content, keep_messages, needs_escape)
     kept_role = role_text.filter(pa.array(keep_messages))
     message_json = pc.binary_join_element_wise('{"content":"', kept_content, '","role":"', kept_role, '"}', "")
     kept_offsets = np.concatenate([[0], np.cumsum(lengths[ok])]).astype(np.int32)

@@ -1,10 +1,12 @@
-"""Clean, deduplicate and split JSONL examples, streaming, in parallel, with every row accounted for.
+"""Clean, deduplicate and split JSONL examples: streaming, in parallel, every row accounted for.
 
-``clean`` scans the inputs in byte-range chunks on worker processes (``scan.scan_chunk``),
-then removes exact and normalized duplicates globally (first occurrence wins) using only
-64-bit fingerprints, so memory grows by tens of bytes per row, never by the row itself.
-``split`` assigns whole groups to train/validation/test by a seeded hash and copies the
-cleaned lines into the split files. Both write only into the folder they are given.
+Three phases, each over byte-range chunks of the inputs on a pool of worker processes:
+1. scan (``scan.scan_chunk``): parse, validate and fix every line; kept rows and their index
+   (ids, group, fingerprints, size) go to scratch files, rejected rows with their reasons too;
+2. decide, in this process, on 64-bit fingerprints only: duplicates (first occurrence wins)
+   and, for splits, which group goes where, so memory grows by tens of bytes per row;
+3. write (``route.route_chunk``): each chunk's surviving rows go to their output file at an
+   offset computed in phase 2, while this process writes the rejected rows and the index.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import os
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
-from itertools import compress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
+from itertools import compress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +32,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
+from ft_assets.dataset.memory import keep_freed_memory
+from ft_assets.dataset.route import plan_routes, route_chunk
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 
 SPLITS = ("train", "validation", "test")
@@ -38,6 +42,10 @@ CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
+INDEX_COLUMNS = ["line", "offset", "length", "example_id", "group_id", "source_id", "tokens", "norm_hash",
+                 "exact_hash", "fixes", "group_hash"]
+
+Runner = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 
 class PrepError(Exception):
@@ -115,17 +123,26 @@ def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[tuple[int, Path
     return chunks
 
 
-def _scan_all(tasks: list[ChunkTask], workers: int) -> list[ChunkResult]:
-    if workers <= 1 or len(tasks) <= 1:
-        return [scan_chunk(task) for task in tasks]
+@contextmanager
+def _workers(count: int, tasks: int) -> Iterator[Runner]:
+    """Yield a function that maps a worker function over items, on a process pool when worth it."""
+    if count <= 1 or tasks <= 1:
+        keep_freed_memory()
+        yield lambda function, items: [function(item) for item in items]
+        return
+    keep_freed_memory()
     # fork is instant and safe from a single-threaded process (the CLI); spawn otherwise.
     if threading.active_count() == 1:
         warm_up()
         context = multiprocessing.get_context("fork")
     else:
         context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks))) as pool:
-        return list(pool.imap(scan_chunk, tasks))
+    with context.Pool(min(count, tasks)) as pool:
+        yield lambda function, items: list(pool.imap(function, items))
+
+
+def _read_column(result: ChunkResult, name: str) -> np.ndarray:
+    return feather.read_table(result.path("index.arrow"), columns=[name], memory_map=True).column(0).to_numpy()
 
 
 def _column(results: list[ChunkResult], name: str) -> np.ndarray:
@@ -135,13 +152,15 @@ def _column(results: list[ChunkResult], name: str) -> np.ndarray:
 
 def find_duplicates(norm_hash: np.ndarray, exact_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (is duplicate, is exact duplicate, index of first occurrence) for each row."""
-    if len(norm_hash) == 0:
-        empty = np.zeros(0, dtype=bool)
-        return empty, empty, np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(norm_hash, return_index=True, return_inverse=True)
-    first_of = first[inverse]
-    del inverse
-    duplicate = first_of != np.arange(len(norm_hash))
+    n = len(norm_hash)
+    order = np.argsort(norm_hash, kind="stable")
+    ordered = norm_hash[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first_in_order = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else order
+    first_of = np.empty(n, dtype=np.int64)
+    first_of[order] = first_in_order
+    duplicate = first_of != np.arange(n)
     exact = duplicate & (exact_hash == exact_hash[first_of])
     return duplicate, exact, first_of
 
@@ -179,13 +198,28 @@ class _Scanned:
         """Return an index column for the rows that survive de-duplication, in input order."""
         return _column(self.results, name)[~self.duplicate]
 
+    def write(self, run: Runner, outputs: list[Path], targets: np.ndarray) -> None:
+        """Write every surviving row to ``outputs[target]`` (targets per surviving row), in parallel."""
+        keep = ~self.duplicate
+        all_targets = np.zeros(len(keep), dtype=np.uint8)
+        all_targets[keep] = targets
+        tasks = plan_routes(
+            [str(r.path("kept.jsonl")) for r in self.results],
+            [r.kept for r in self.results],
+            keep,
+            all_targets,
+            _column(self.results, "size"),
+            outputs,
+        )
+        run(route_chunk, tasks)
+
 
 def _scan(
     inputs: Sequence[str | Path],
     scratch: Path,
     config: CleanConfig | None,
     labels: Sequence[str] | None,
-    workers: int | None,
+    run: Runner | None,
     chunk_bytes: int,
 ) -> _Scanned:
     files = expand_inputs(inputs)
@@ -198,56 +232,75 @@ def _scan(
         ChunkTask(n, index, str(path), start, end, str(scratch), config)
         for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
     ]
-    results = _scan_all(tasks, workers or os.cpu_count() or 1)
+    results = run(scan_chunk, tasks) if run else []
     duplicate, exact, first_of = find_duplicates(_column(results, "norm_hash"), _column(results, "exact_hash"))
     return _Scanned(files, names, config, results, duplicate, exact, first_of)
 
 
-class _CleanedOutput:
-    """Writes kept rows to ``cleaned.jsonl`` and their index to ``cleaned.index.parquet``."""
+class _CleanedIndex:
+    """Collects the index of kept rows into ``cleaned.index.parquet``."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.lines = open(out_dir / CLEANED, "wb")  # noqa: SIM115 - closed in close()
-        self.index = pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd")
+        self.writer = pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd")
 
-    def add(self, lines: list[bytes], table: pa.Table) -> None:
-        """Append kept rows and their index rows."""
-        _write_selected(self.lines, lines, np.ones(len(lines), dtype=bool))
-        self.index.write_table(table)
+    def add(self, table: pa.Table) -> None:
+        """Append index rows of kept rows."""
+        self.writer.write_table(table)
 
     def close(self) -> None:
-        """Flush and close both files."""
-        self.lines.close()
-        self.index.close()
+        """Finish the file."""
+        self.writer.close()
 
 
-class _SplitOutput:
-    """Writes kept rows straight into ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl``."""
+class _SplitTotals:
+    """Counts rows and tokens per split as the kept rows' index passes by."""
 
-    def __init__(self, out_dir: Path, assignment: np.ndarray) -> None:
-        self.files = [open(out_dir / f"{name}.jsonl", "wb") for name in SPLITS]  # noqa: SIM115 - closed in close()
+    def __init__(self, assignment: np.ndarray) -> None:
         self.assignment = assignment
         self.row = 0
         self.tokens = np.zeros(3, dtype=np.int64)
 
-    def add(self, lines: list[bytes], table: pa.Table) -> None:
-        """Route each kept row to its split."""
-        target = self.assignment[self.row : self.row + len(lines)]
-        self.row += len(lines)
-        tokens = table["tokens"].to_numpy()
-        for i, handle in enumerate(self.files):
-            _write_selected(handle, lines, target == i)
-            self.tokens[i] += int(tokens[target == i].sum())
+    def add(self, table: pa.Table) -> None:
+        """Add the tokens of these rows to their splits."""
+        target = self.assignment[self.row : self.row + table.num_rows]
+        self.row += table.num_rows
+        self.tokens += np.bincount(target, weights=table["tokens"].to_numpy(), minlength=3).astype(np.int64)
 
     def close(self) -> None:
-        """Close the three files."""
-        for handle in self.files:
-            handle.close()
+        """Nothing to finish."""
 
     def report(self) -> dict[str, dict[str, int]]:
         """Rows and tokens per split."""
         counts = np.bincount(self.assignment, minlength=3)
         return {name: {"rows": int(counts[i]), "tokens": int(self.tokens[i])} for i, name in enumerate(SPLITS)}
+
+
+def _run_phases(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    config: CleanConfig | None,
+    labels: Sequence[str] | None,
+    workers: int | None,
+    chunk_bytes: int,
+    outputs: Callable[[_Scanned], tuple[list[Path], np.ndarray, _CleanedIndex | _SplitTotals]],
+) -> tuple[dict[str, Any], _CleanedIndex | _SplitTotals]:
+    """Scan, decide and write; ``outputs`` names the files, the target of each kept row and the index sink."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = len(plan_chunks(expand_inputs(inputs), chunk_bytes))
+    with (
+        tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch,
+        _workers(workers or os.cpu_count() or 1, chunks) as run,
+    ):
+        scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes)
+        paths, targets, sink = outputs(scanned)
+        scanned.write(run, paths, targets)
+        try:
+            report = _merge(scanned, out_dir, sink)
+        finally:
+            sink.close()
+    report["format"] = scanned.config.format
+    report["config"] = asdict(scanned.config)
+    return report, sink
 
 
 def clean(
@@ -267,16 +320,38 @@ def clean(
     kept row: ids, group, source file and line, tokens, fingerprints) and ``rejected.jsonl``
     (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
-        scanned = _scan(inputs, Path(scratch), config, labels, workers, chunk_bytes)
-        output = _CleanedOutput(out_dir)
-        try:
-            report = _merge(scanned, out_dir, output)
-        finally:
-            output.close()
-    report["format"] = scanned.config.format
-    report["config"] = asdict(scanned.config)
+
+    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _CleanedIndex]:
+        return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8), _CleanedIndex(out_dir)
+
+    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, outputs)
+    return report
+
+
+def prep(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    clean_config: CleanConfig | None = None,
+    split_config: SplitConfig | None = None,
+    *,
+    workers: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
+
+    Kept rows go straight from the scan into the split files: the same rows, order and
+    assignment as ``clean`` followed by ``split``, without writing ``cleaned.jsonl`` in between.
+    """
+    split_config = split_config or SplitConfig()
+
+    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _SplitTotals]:
+        assignment = assign_splits(scanned.kept_column("group_hash"), split_config)
+        return [out_dir / f"{name}.jsonl" for name in SPLITS], assignment, _SplitTotals(assignment)
+
+    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, outputs)
+    report["splits"] = totals.report()  # type: ignore[union-attr]
+    report["seed"] = split_config.seed
+    (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
 
 
@@ -301,7 +376,7 @@ def _write_selected(out: BinaryIO, lines: list[bytes], mask: np.ndarray) -> None
         out.write(b"\n".join(selected) + b"\n")
 
 
-def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedOutput | _SplitOutput) -> dict[str, Any]:
+def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotals) -> dict[str, Any]:
     """Hand the kept rows to ``output`` and write the rejected rows, in input order; count everything."""
     results, files, names = scanned.results, scanned.files, scanned.names
     duplicate, exact, first_of = scanned.duplicate, scanned.exact, scanned.first_of
@@ -349,16 +424,13 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedOutput | _SplitOutp
             out_rows.sort(key=lambda item: item[0])
             rejected.writelines(item[1] + b"\n" for item in out_rows)
             written_rejects += len(out_rows)
-            lines = result.path("kept.jsonl").read_bytes().split(b"\n")[:-1]
             if dup.any():
-                keep = ~dup
-                lines = list(compress(lines, keep.tolist()))
-                table = table.filter(pa.array(keep))
+                table = table.filter(pa.array(~dup))
             n_kept = table.num_rows
             table = table.set_column(0, "line", pc.add(table["line"], base))
             table = table.append_column("file", pa.array([names[file_index]] * n_kept, pa.string()))
             table = table.append_column("position", pa.array(np.arange(position, position + n_kept)))
-            output.add(lines, table.select(schema.names).cast(schema))
+            output.add(table.select(schema.names).cast(schema))
             fix_bits = table["fixes"].to_numpy()
             for bit, name in FIX_NAMES.items():
                 count = int(np.count_nonzero(fix_bits & bit))
@@ -384,10 +456,6 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedOutput | _SplitOutp
         "tokens": _token_stats(tokens),
         "files": per_file,
     }
-
-
-def _read_column(result: ChunkResult, name: str) -> np.ndarray:
-    return feather.read_table(result.path("index.arrow"), columns=[name], memory_map=True).column(0).to_numpy()
 
 
 def _cleaned_index_schema() -> pa.Schema:
@@ -478,36 +546,6 @@ def _write_members(index: pq.ParquetFile, assignment: np.ndarray, writers: list[
                 part = part.append_column("position", pa.array(np.arange(seen[i], seen[i] + count)))
                 writer.write_table(part)
                 seen[i] += count
-
-
-def prep(
-    inputs: Sequence[str | Path],
-    out_dir: Path,
-    clean_config: CleanConfig | None = None,
-    split_config: SplitConfig | None = None,
-    *,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
-
-    Kept rows go straight from the scan into the split files: the same rows, order and
-    assignment as ``clean`` followed by ``split``, without writing ``cleaned.jsonl`` in between.
-    """
-    split_config = split_config or SplitConfig()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
-        scanned = _scan(inputs, Path(scratch), clean_config, None, workers, CHUNK_BYTES)
-        output = _SplitOutput(out_dir, assign_splits(scanned.kept_column("group_hash"), split_config))
-        try:
-            report = _merge(scanned, out_dir, output)
-        finally:
-            output.close()
-    report["splits"] = output.report()
-    report["format"] = scanned.config.format
-    report["config"] = asdict(scanned.config)
-    report["seed"] = split_config.seed
-    (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    return report
 
 
 def revalidate(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ adds the chunk's first line number when it merges them.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ INDEX_SCHEMA = pa.schema(
         ("exact_hash", pa.uint64()),
         ("fixes", pa.uint8()),
         ("group_hash", pa.uint64()),
+        ("size", pa.int64()),
     ]
 )
 
@@ -201,7 +203,14 @@ def _scan_line(line: bytes, number: int, config: CleanConfig, reasons: Counter[s
     return orjson.dumps(payload, option=_CANONICAL), tokens, example_id, group_id, source_id, fixes
 
 
-def fingerprints(payload: pa.Array) -> tuple[list[int], list[int]]:
+_BACKSLASH = ord("\\")
+_WHITESPACE_ESCAPES = np.zeros(256, dtype=bool)
+_WHITESPACE_ESCAPES[list(b"ntr")] = True
+_AUTO_ID = re.compile(r"[0-9a-f]{16}")
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def fingerprints(payload: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Return the (normalized, exact) 64-bit hashes of canonical JSON payloads.
 
     The normalized form is lower-cased with whitespace, its JSON escapes and markdown marks
@@ -211,17 +220,37 @@ def fingerprints(payload: pa.Array) -> tuple[list[int], list[int]]:
     raw = data.tobytes()
     ascii_only = pc.all(pc.string_is_ascii(payload)).as_py() is not False
     if ascii_only:
-        text, bounds = raw.lower(), offsets.tolist()
+        lowered, lowered_offsets = np.frombuffer(bytearray(raw.lower()), dtype=np.uint8), offsets
     else:
         lowered, lowered_offsets = string_buffers(pc.utf8_lower(payload))
-        text, bounds = lowered.tobytes(), lowered_offsets.tolist()
-    for escape in (b"\\n", b"\\t", b"\\r"):  # same-length blanks keep the offsets valid
-        text = text.replace(escape, b"  ")
+        lowered = lowered.copy()
+    escapes = np.flatnonzero(lowered[:-1] == _BACKSLASH)
+    escapes = escapes[_WHITESPACE_ESCAPES[lowered[escapes + 1]]]
+    lowered[escapes] = ord(" ")  # blanks of the same length keep the offsets valid
+    lowered[escapes + 1] = ord(" ")
+    text = lowered.tobytes()
     hash64 = xxhash.xxh3_64_intdigest
-    normalized = [hash64(text[a:b].translate(None, NORMALIZED_AWAY)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    away = NORMALIZED_AWAY
+    bounds = lowered_offsets.tolist()
+    normalized = [hash64(text[a:b].translate(None, away)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     bounds = offsets.tolist()
     exact = [hash64(raw[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return normalized, exact
+    return np.array(normalized, dtype=np.uint64), np.array(exact, dtype=np.uint64)
+
+
+def hex_ids(values: np.ndarray) -> pa.Array:
+    """Return each 64-bit value as 16 lower-case hex digits (the id of a row without one)."""
+    octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)
+    digits = np.empty((len(values), 16), dtype=np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[octets >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[octets & 15]
+    offsets = np.arange(0, 16 * (len(values) + 1), 16, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(digits.tobytes()))
+
+
+def label_hash(label: str) -> int:
+    """Return the 64-bit key of a group label; an auto id (16 hex digits) maps back to its hash."""
+    return int(label, 16) if _AUTO_ID.fullmatch(label) else xxhash.xxh3_64_intdigest(label.encode())
 
 
 def warm_up() -> None:
@@ -265,13 +294,14 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
     example_id = combined(fast.example_id, slow[2], pa.string())
     group_id = combined(fast.group_id, slow[3], pa.string())
     norm_hash, exact_hash = fingerprints(payload)
-    missing = example_id.is_null().to_numpy(zero_copy_only=False)
-    if missing.any():
-        ids = example_id.to_pylist()
-        for i in np.flatnonzero(missing).tolist():
-            ids[i] = f"{norm_hash[i]:016x}"
-        example_id = pa.array(ids, pa.string())
+    unlabelled = pc.and_(group_id.is_null(), example_id.is_null()).to_numpy(zero_copy_only=False)
+    example_id = pc.coalesce(example_id, hex_ids(norm_hash))
     group_id = pc.coalesce(group_id, example_id)
+    group_hash = norm_hash.copy()
+    labelled = np.flatnonzero(~unlabelled)
+    if len(labelled):
+        labels = group_id.take(pa.array(labelled)).to_pylist()
+        group_hash[labelled] = np.array([label_hash(g) for g in labels], dtype=np.uint64)
     starts = np.concatenate([[0], np.cumsum(lengths + 1)])[:-1] + task.start
     table = pa.table(
         {
@@ -282,10 +312,11 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             "group_id": group_id,
             "source_id": combined(fast.source_id, slow[4], pa.string()),
             "tokens": np.concatenate([fast.tokens, np.asarray(slow[1], dtype=np.int64)])[order.to_numpy()],
-            "norm_hash": pa.array(norm_hash, pa.uint64()),
-            "exact_hash": pa.array(exact_hash, pa.uint64()),
+            "norm_hash": norm_hash,
+            "exact_hash": exact_hash,
             "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[order.to_numpy()],
-            "group_hash": pa.array([xxhash.xxh3_64_intdigest(g.encode()) for g in group_id.to_pylist()], pa.uint64()),
+            "group_hash": group_hash,
+            "size": np.diff(string_buffers(payload)[1]) + 1,
         }
     ).cast(INDEX_SCHEMA)
     result.kept = table.num_rows

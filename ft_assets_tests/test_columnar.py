@@ -1,0 +1,80 @@
+"""The columnar fast path must agree with the per-line Python path on every row it accepts."""
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from ft_assets.dataset.columnar import candidate_lines, fast_rows
+from ft_assets.dataset.scan import CleanConfig, _scan_line, fingerprints
+
+PIECES = [
+    "plain text", "Ünïcödé", "emoji 😀", 'quote "x"', "back\\slash", "new\nline", "tab\there", "\u2028sep",
+    "**bold**", "`code`", "# heading", "__under__", " lead", "trail ", "\u00a0nbsp", "nbsp\u00a0", "cr\r\nlf",
+    "ctrl\x07char", "", "   ", "slash /", "\u3000ideo", "x" * 50, "#tag", "*single*", "a_b", "é", "\x1f",
+]
+
+
+CLEAN = ["plain text", "Ünïcödé", "emoji 😀", 'quote "x"', "back\\slash", "new\nline", "tab\there", "slash /"]
+
+
+def _rows(count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+
+    def text() -> str:
+        return "".join(rng.choice(CLEAN if rng.random() < 0.8 else PIECES) for _ in range(rng.randint(1, 3)))
+
+    lines = []
+    for i in range(count):
+        messages = []
+        if rng.random() < 0.7:
+            messages.append({"role": "system", "content": rng.choice(PIECES[:8]) + " system"})
+        for _ in range(rng.randint(1, 2)):
+            messages.append({"role": "user", "content": text()})
+            messages.append({"role": "assistant", "content": text()})
+        if rng.random() < 0.1:
+            rng.shuffle(messages)
+        row = {"messages": messages}
+        if rng.random() < 0.5:
+            row["id"] = rng.choice([f"ex-{i}", "", 7, f"é-{i}"])
+        if rng.random() < 0.2:
+            row["group"] = f"g{i % 7}"
+        if rng.random() < 0.05:
+            row["messages"][0]["weight"] = 1
+        if rng.random() < 0.05:
+            row["metadata"] = {"k": i}
+        encoded = json.dumps(row, ensure_ascii=rng.random() < 0.3, indent=None if rng.random() < 0.8 else 0)
+        lines.append(encoded.replace("\n", " ").encode())
+    return lines
+
+
+def test_fast_path_matches_the_reference_on_every_accepted_row():
+    lines = _rows(3000, seed=11)
+    data = b"\n".join(lines) + b"\n"
+    lengths = np.array([len(line) for line in lines])
+    for strip in (True, False):
+        config = CleanConfig(format="chat", max_tokens=40, strip_markdown=strip)
+        fast = fast_rows(lines, candidate_lines(data, lengths), config.max_tokens, config.strip_markdown)
+        assert len(fast.lines) > 300, "the corpus exercises the fast path"
+        fast_hashes, fast_exact = fingerprints(fast.payload)
+        payloads = fast.payload.to_pylist()
+        ids = fast.example_id.to_pylist()
+        tokens = fast.tokens.tolist()
+        for position, index in enumerate(fast.lines.tolist()):
+            kept = _scan_line(lines[index], index + 1, config, Counter(), [])
+            assert kept is not None, lines[index]
+            payload, reference_tokens, example_id, _, _, fixes = kept
+            assert fixes == 0
+            assert payload.decode() == payloads[position], lines[index]
+            assert reference_tokens == tokens[position]
+            assert example_id == ids[position]
+        reference = fingerprints(pa.array(payloads))
+        assert reference[0].tolist() == fast_hashes.tolist() and reference[1].tolist() == fast_exact.tolist()
+
+
+def test_candidate_lines_only_takes_one_object_per_line():
+    lines = [b'{"a": 1}', b"", b'  {"a": 1}', b'{"a": 1}\r', b'{"a":', b'1}', b"\r", b"}", b"{"]
+    data = b"\n".join(lines) + b"\n"
+    assert candidate_lines(data, np.array([len(x) for x in lines])).tolist() == [0, 3]
