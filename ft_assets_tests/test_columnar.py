@@ -56,7 +56,7 @@ def test_fast_path_matches_the_reference_on_every_accepted_row():
     lengths = np.array([len(line) for line in lines])
     for strip in (True, False):
         config = CleanConfig(format="chat", max_tokens=40, strip_markdown=strip)
-        fast = fast_rows(lines, candidate_lines(data, lengths), config.max_tokens, config.strip_markdown)
+        fast = fast_rows(lines, data, lengths, config.max_tokens, config.strip_markdown)
         assert len(fast.lines) > 300, "the corpus exercises the fast path"
         fast_hashes, fast_exact = fingerprints(fast.payload)
         payloads = fast.payload.to_pylist()

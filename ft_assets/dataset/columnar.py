@@ -75,13 +75,14 @@ def _parse(block: bytes) -> pa.Table:
     )
 
 
-def parse_lines(lines: list[bytes]) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
+def parse_lines(lines: list[bytes], first_block: bytes | None = None) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
     """Parse lines in as few Arrow calls as possible; return (positions, table) parts and unparsed positions.
 
     On an error naming a row, that row and its neighbours are set aside and both sides are
     parsed again. A type clash on a label column (an integer ``id``, say) first sets aside
     every line whose labels are not strings. After ``MAX_FAILED_PARSES`` errors the rest is
-    set aside untried: the per-line path handles whatever is set aside.
+    set aside untried: the per-line path handles whatever is set aside. ``first_block``, when
+    given, is the text of all ``lines`` to parse first (any bytes between them blank).
     """
     parts: list[tuple[np.ndarray, pa.Table]] = []
     rejected: list[np.ndarray] = []
@@ -96,7 +97,11 @@ def parse_lines(lines: list[bytes]) -> tuple[list[tuple[np.ndarray, pa.Table]], 
             rejected.append(positions)
             continue
         try:
-            table = _parse(b"\n".join([lines[i] for i in positions]))
+            if first_block is not None:
+                block, first_block = first_block, None
+            else:
+                block = b"\n".join([lines[i] for i in positions])
+            table = _parse(block)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             failures += 1
             message = str(error)
@@ -268,9 +273,28 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     return ok, tokens, payload
 
 
-def fast_rows(lines: list[bytes], candidates: np.ndarray, max_tokens: int, strip_markdown: bool) -> FastRows:
-    """Parse and validate candidate lines; return the rows accepted (the rest go to Python)."""
-    parts, _ = parse_lines([lines[i] for i in candidates])
+def _blank_others(data: bytes, lengths: np.ndarray, candidates: np.ndarray) -> bytes:
+    """Return ``data`` with every line that is not a candidate overwritten by spaces."""
+    if len(candidates) == len(lengths):
+        return data
+    block = np.frombuffer(bytearray(data), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)]).astype(np.int64)
+    others = np.ones(len(lengths), dtype=bool)
+    others[candidates] = False
+    for start, length in zip(starts[others].tolist(), lengths[others].tolist(), strict=True):
+        block[start : start + length] = ord(" ")
+    return block.tobytes()
+
+
+def fast_rows(
+    lines: list[bytes], data: bytes, lengths: np.ndarray, max_tokens: int, strip_markdown: bool
+) -> FastRows:
+    """Parse and validate the candidate lines of a chunk; return the rows accepted (the rest go to Python).
+
+    ``data`` is the chunk (lines joined by newlines) and ``lengths`` the byte length of each line.
+    """
+    candidates = candidate_lines(data, lengths)
+    parts, _ = parse_lines([lines[i] for i in candidates], _blank_others(data, lengths, candidates))
     taken, payloads, tokens, labels = [], [], [], {name: [] for name in LABELS}
     for positions, table in parts:
         ok, row_tokens, payload = accept(table, max_tokens, strip_markdown)

@@ -482,15 +482,20 @@ def assign_splits(group_hash: np.ndarray, config: SplitConfig) -> np.ndarray:
     n = len(group_hash)
     if n == 0:
         return np.zeros(0, dtype=np.uint8)
-    groups, inverse, counts = np.unique(group_hash, return_inverse=True, return_counts=True)
-    keys = _mix64(groups ^ np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode())))
+    by_group = np.argsort(group_hash)
+    ordered = group_hash[by_group]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    counts = np.diff(np.append(starts, n))
+    keys = _mix64(ordered[starts] ^ np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode())))
     order = np.argsort(keys, kind="stable")
-    starts = np.cumsum(counts[order]) - counts[order]
+    first_row = np.cumsum(counts[order]) - counts[order]
     cut_train = round(config.ratios[0] * n)
     cut_validation = round((config.ratios[0] + config.ratios[1]) * n)
-    group_split = np.empty(len(groups), dtype=np.uint8)
-    group_split[order] = np.where(starts < cut_train, 0, np.where(starts < cut_validation, 1, 2))
-    return group_split[inverse]
+    group_split = np.empty(len(starts), dtype=np.uint8)
+    group_split[order] = np.where(first_row < cut_train, 0, np.where(first_row < cut_validation, 1, 2))
+    assignment = np.empty(n, dtype=np.uint8)
+    assignment[by_group] = np.repeat(group_split, counts)
+    return assignment
 
 
 def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: bool = True) -> dict[str, Any]:

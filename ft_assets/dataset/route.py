@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from itertools import compress
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ class RouteTask:
     """One chunk's kept rows, which of them survive, where each goes, and at which offsets."""
 
     kept_path: str
+    sizes: np.ndarray
     keep: np.ndarray
     targets: np.ndarray
     outputs: tuple[str, ...]
@@ -29,16 +29,18 @@ class RouteTask:
 
 def route_chunk(task: RouteTask) -> None:
     """Write the surviving rows of one chunk into their outputs at the planned offsets."""
-    lines = Path(task.kept_path).read_bytes().split(b"\n")[:-1]
-    if len(lines) != len(task.keep):
-        raise RuntimeError(f"{task.kept_path}: {len(lines)} rows, index says {len(task.keep)}")
+    data = np.frombuffer(Path(task.kept_path).read_bytes(), dtype=np.uint8)
+    sizes = task.sizes
+    if int(sizes.sum()) != len(data):
+        raise RuntimeError(f"{task.kept_path}: {len(data)} bytes, index says {int(sizes.sum())}")
+    byte_target = np.repeat(np.where(task.keep, task.targets, 255).astype(np.uint8), sizes)
     for output, (path, offset) in enumerate(zip(task.outputs, task.offsets, strict=True)):
-        selected = list(compress(lines, (task.keep & (task.targets == output)).tolist()))
-        if not selected:
+        selected = data[byte_target == output]
+        if not len(selected):
             continue
         descriptor = os.open(path, os.O_WRONLY)
         try:
-            os.pwrite(descriptor, b"\n".join(selected) + b"\n", offset)
+            os.pwrite(descriptor, selected, offset)
         finally:
             os.close(descriptor)
 
@@ -61,7 +63,9 @@ def plan_routes(
     for path, rows in zip(kept_paths, rows_per_chunk, strict=True):
         chunk = slice(start, start + rows)
         start += rows
-        tasks.append(RouteTask(path, keep[chunk], targets[chunk], tuple(str(o) for o in outputs), tuple(position.tolist())))
+        tasks.append(
+            RouteTask(path, sizes[chunk], keep[chunk], targets[chunk], tuple(str(o) for o in outputs), tuple(position.tolist()))
+        )
         for output in range(len(outputs)):
             position[output] += int(sizes[chunk][keep[chunk] & (targets[chunk] == output)].sum())
     for output, total in zip(outputs, position.tolist(), strict=True):

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import xxhash
 
-from ft_assets.dataset.columnar import FastRows, candidate_lines, fast_rows, string_buffers
+from ft_assets.dataset.columnar import FastRows, fast_rows, string_buffers
 from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
 from ft_assets.dataset.text import NORMALIZED_AWAY, estimate_tokens, has_markdown, strip_markdown
 
@@ -256,7 +256,7 @@ def label_hash(label: str) -> int:
 def warm_up() -> None:
     """Run the Arrow kernels of the fast path once, so that forked workers start with them loaded."""
     line = orjson.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-    fingerprints(fast_rows([line], np.zeros(1, dtype=np.int64), 100, strip_markdown=True).payload)
+    fingerprints(fast_rows([line], line, np.array([len(line)]), 100, strip_markdown=True).payload)
 
 
 def scan_chunk(task: ChunkTask) -> ChunkResult:
@@ -272,7 +272,7 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
     fast = FastRows.empty()
     if config.format == "chat" and lines:
-        fast = fast_rows(lines, candidate_lines(data, lengths), config.max_tokens, config.strip_markdown)
+        fast = fast_rows(lines, data, lengths, config.max_tokens, config.strip_markdown)
     rejected: list[bytes] = []
     slow_lines, slow_rows = [], []
     slow_path = np.ones(len(lines), dtype=bool)
