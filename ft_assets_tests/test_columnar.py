@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from ft_assets.dataset.columnar import candidate_lines, fast_rows
+from ft_assets.dataset.columnar import ChunkLines, candidate_lines, fast_rows
 from ft_assets.dataset.scan import CleanConfig, _scan_line, fingerprints
 
 PIECES = [
@@ -52,11 +52,10 @@ def _rows(count: int, seed: int) -> list[bytes]:
 
 def test_fast_path_matches_the_reference_on_every_accepted_row():
     lines = _rows(3000, seed=11)
-    data = b"\n".join(lines) + b"\n"
-    lengths = np.array([len(line) for line in lines])
+    chunk = ChunkLines.of(b"\n".join(lines) + b"\n")
     for strip in (True, False):
         config = CleanConfig(format="chat", max_tokens=40, strip_markdown=strip)
-        fast = fast_rows(lines, data, lengths, config.max_tokens, config.strip_markdown)
+        fast = fast_rows(chunk, config.max_tokens, config.strip_markdown)
         assert len(fast.lines) > 300, "the corpus exercises the fast path"
         fast_hashes, fast_exact = fingerprints(fast.payload)
         payloads = fast.payload.to_pylist()
@@ -76,5 +75,4 @@ def test_fast_path_matches_the_reference_on_every_accepted_row():
 
 def test_candidate_lines_only_takes_one_object_per_line():
     lines = [b'{"a": 1}', b"", b'  {"a": 1}', b'{"a": 1}\r', b'{"a":', b'1}', b"\r", b"}", b"{"]
-    data = b"\n".join(lines) + b"\n"
-    assert candidate_lines(data, np.array([len(x) for x in lines])).tolist() == [0, 3]
+    assert candidate_lines(ChunkLines.of(b"\n".join(lines))).tolist() == [0, 3]

@@ -51,20 +51,45 @@ class FastRows:
         return cls(np.zeros(0, np.int64), none, np.zeros(0, np.int64), none, none, none)
 
 
-def candidate_lines(data: bytes, lengths: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ChunkLines:
+    """The lines of a chunk (without their newlines), located by offset instead of copied out."""
+
+    data: bytes
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, data: bytes) -> ChunkLines:
+        """Locate the lines of ``data``; a last line without a newline counts too."""
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        if data and data[-1:] != b"\n":
+            ends = np.append(ends, len(data))
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        return cls(data, starts, (ends - starts).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> bytes:
+        start = int(self.starts[index])
+        return self.data[start : start + int(self.lengths[index])]
+
+
+def candidate_lines(lines: ChunkLines) -> np.ndarray:
     """Return indices of the lines that start with '{' and end with '}' (before an optional CR).
 
-    ``data`` holds the lines joined by newlines, ``lengths`` their byte lengths. Such lines
-    cannot continue a JSON value from, or into, a neighbouring line, so a parse of many of
-    them yields exactly one row per line or an error.
+    Such lines cannot continue a JSON value from, or into, a neighbouring line, so a parse of
+    many of them yields exactly one row per line or an error.
     """
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)]).astype(np.int64)
+    buffer = np.frombuffer(lines.data, dtype=np.uint8)
+    starts, lengths = lines.starts, lines.lengths
     nonempty = lengths > 0
     last = np.where(nonempty, starts + lengths - 1, 0)
     crlf = nonempty & (buffer[last] == ord("\r")) & (lengths > 1)
     last = np.where(crlf, last - 1, last)
-    return np.flatnonzero(nonempty & (buffer[starts.clip(max=len(buffer) - 1)] == ord("{")) & (buffer[last] == ord("}")))
+    first = buffer[np.where(nonempty, starts, 0)]
+    return np.flatnonzero(nonempty & (first == ord("{")) & (buffer[last] == ord("}")))
 
 
 def _parse(block: bytes) -> pa.Table:
@@ -75,18 +100,21 @@ def _parse(block: bytes) -> pa.Table:
     )
 
 
-def parse_lines(lines: list[bytes], first_block: bytes | None = None) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
-    """Parse lines in as few Arrow calls as possible; return (positions, table) parts and unparsed positions.
+def parse_lines(
+    lines: ChunkLines, candidates: np.ndarray, first_block: bytes | None = None
+) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
+    """Parse the candidate lines in as few Arrow calls as possible; return (line indices, table) parts and the
+    indices of lines left unparsed.
 
     On an error naming a row, that row and its neighbours are set aside and both sides are
     parsed again. A type clash on a label column (an integer ``id``, say) first sets aside
     every line whose labels are not strings. After ``MAX_FAILED_PARSES`` errors the rest is
     set aside untried: the per-line path handles whatever is set aside. ``first_block``, when
-    given, is the text of all ``lines`` to parse first (any bytes between them blank).
+    given, is the text of all candidates to parse first (any bytes between them blank).
     """
     parts: list[tuple[np.ndarray, pa.Table]] = []
     rejected: list[np.ndarray] = []
-    pending = [np.arange(len(lines))]
+    pending = [candidates]
     failures = 0
     labels_filtered = False
     while pending:
@@ -273,12 +301,12 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     return ok, tokens, payload
 
 
-def _blank_others(data: bytes, lengths: np.ndarray, candidates: np.ndarray) -> bytes:
-    """Return ``data`` with every line that is not a candidate overwritten by spaces."""
-    if len(candidates) == len(lengths):
-        return data
-    block = np.frombuffer(bytearray(data), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(lengths[:-1] + 1)]).astype(np.int64)
+def _blank_others(lines: ChunkLines, candidates: np.ndarray) -> bytes:
+    """Return the chunk with every line that is not a candidate overwritten by spaces."""
+    if len(candidates) == len(lines):
+        return lines.data
+    block = np.frombuffer(bytearray(lines.data), dtype=np.uint8)
+    starts, lengths = lines.starts, lines.lengths
     others = np.ones(len(lengths), dtype=bool)
     others[candidates] = False
     for start, length in zip(starts[others].tolist(), lengths[others].tolist(), strict=True):
@@ -287,18 +315,15 @@ def _blank_others(data: bytes, lengths: np.ndarray, candidates: np.ndarray) -> b
 
 
 def fast_rows(
-    lines: list[bytes], data: bytes, lengths: np.ndarray, max_tokens: int, strip_markdown: bool
+    lines: ChunkLines, max_tokens: int, strip_markdown: bool
 ) -> FastRows:
-    """Parse and validate the candidate lines of a chunk; return the rows accepted (the rest go to Python).
-
-    ``data`` is the chunk (lines joined by newlines) and ``lengths`` the byte length of each line.
-    """
-    candidates = candidate_lines(data, lengths)
-    parts, _ = parse_lines([lines[i] for i in candidates], _blank_others(data, lengths, candidates))
+    """Parse and validate the candidate lines of a chunk; return the rows accepted (the rest go to Python)."""
+    candidates = candidate_lines(lines)
+    parts, _ = parse_lines(lines, candidates, _blank_others(lines, candidates))
     taken, payloads, tokens, labels = [], [], [], {name: [] for name in LABELS}
     for positions, table in parts:
         ok, row_tokens, payload = accept(table, max_tokens, strip_markdown)
-        taken.append(candidates[positions[ok]])
+        taken.append(positions[ok])
         payloads.append(payload)
         tokens.append(row_tokens[ok])
         mask = pa.array(ok)

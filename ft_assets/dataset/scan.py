@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import xxhash
 
-from ft_assets.dataset.columnar import FastRows, fast_rows, string_buffers
+from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, string_buffers
 from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
 from ft_assets.dataset.text import NORMALIZED_AWAY, estimate_tokens, has_markdown, strip_markdown
 
@@ -256,7 +256,7 @@ def label_hash(label: str) -> int:
 def warm_up() -> None:
     """Run the Arrow kernels of the fast path once, so that forked workers start with them loaded."""
     line = orjson.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-    fingerprints(fast_rows([line], line, np.array([len(line)]), 100, strip_markdown=True).payload)
+    fingerprints(fast_rows(ChunkLines.of(line), 100, strip_markdown=True).payload)
 
 
 def scan_chunk(task: ChunkTask) -> ChunkResult:
@@ -264,15 +264,13 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
     with open(task.path, "rb") as handle:
         handle.seek(task.start)
         data = handle.read(task.end - task.start)
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
+    lines = ChunkLines.of(data)
+    lengths = lines.lengths
     config = task.config
     result = ChunkResult(task=task, lines=len(lines))
-    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
     fast = FastRows.empty()
-    if config.format == "chat" and lines:
-        fast = fast_rows(lines, data, lengths, config.max_tokens, config.strip_markdown)
+    if config.format == "chat" and len(lines):
+        fast = fast_rows(lines, config.max_tokens, config.strip_markdown)
     rejected: list[bytes] = []
     slow_lines, slow_rows = [], []
     slow_path = np.ones(len(lines), dtype=bool)
@@ -302,7 +300,7 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
     if len(labelled):
         labels = group_id.take(pa.array(labelled)).to_pylist()
         group_hash[labelled] = np.array([label_hash(g) for g in labels], dtype=np.uint64)
-    starts = np.concatenate([[0], np.cumsum(lengths + 1)])[:-1] + task.start
+    starts = lines.starts + task.start
     table = pa.table(
         {
             "line": line_index + 1,
