@@ -50,7 +50,8 @@ def prep(
 
     config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown)
     try:
-        report = run_prep(inputs, out_dir, config, SplitConfig(seed=seed, ratios=ratios), workers=workers)
+        # This process has started no threads yet, so its workers can be forked directly.
+        report = run_prep(inputs, out_dir, config, SplitConfig(seed=seed, ratios=ratios), workers=workers, start_method="fork")
     except PrepError as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)

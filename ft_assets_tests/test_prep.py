@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -176,11 +178,11 @@ def test_preference_rows_are_cleaned_and_split(tmp_path):
 
 
 def test_prep_cli_writes_the_promised_files_byte_identically(shipped_raw, tmp_path):
-    runner = CliRunner()
     for out in ("a", "b"):
-        result = runner.invoke(main, ["prep", str(shipped_raw), "--out", str(tmp_path / out), "--seed", "7"])
-        assert result.exit_code == 0, result.output
-        assert "rejected 6" in result.output
+        command = [sys.executable, "-m", "ft_assets.cli", "prep", str(shipped_raw), "--out", str(tmp_path / out), "--seed", "7"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "rejected 6" in result.stdout
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     report = json.loads((tmp_path / "a" / "report.json").read_text())

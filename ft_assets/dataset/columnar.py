@@ -208,13 +208,12 @@ def _byte_table(*groups: tuple[int, bytes | range]) -> np.ndarray:
     return table
 
 
-_CONTROL_BYTE, _MARKDOWN_BYTE, _SPACE_FIRST, _SPACE_LAST, _ESCAPED = 1, 2, 4, 8, 16
+_CONTROL_BYTE, _SPACE_FIRST, _SPACE_LAST, _ESCAPED = 1, 4, 8, 16
 # Lead bytes of the multi-byte characters Python's str.strip() removes (U+0085, U+00A0, U+1680,
 # U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) and the final bytes they can end on:
 # a content starting or ending on one of these goes to the Python path (conservative).
 _FLAGS = _byte_table(
     (_CONTROL_BYTE, bytes([*range(0x00, 0x09), *range(0x0B, 0x20)])),
-    (_MARKDOWN_BYTE, b"*_`#"),
     (_ESCAPED, b'"\\\n\t'),
     (_SPACE_FIRST, b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xc2\xe1\xe2\xe3"),
     (_SPACE_LAST, bytes([*b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f", 0x85, 0xA0, *range(0x80, 0x8B), 0xA8, 0xA9, 0xAF, 0x9F])),
@@ -233,16 +232,18 @@ def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[
     nonempty = ~flagged
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
-    flags = _FLAGS[data]
-    control = np.flatnonzero(flags & _CONTROL_BYTE)
-    flagged[np.searchsorted(ends, control, side="right")] = True
+    # Whole-buffer comparisons (vectorized) first, a table lookup only on the few hits.
+    low = np.flatnonzero(data < 0x20)
+    low_flags = _FLAGS[data[low]]
+    flagged[np.searchsorted(ends, low[low_flags & _CONTROL_BYTE > 0], side="right")] = True
+    quoted = np.flatnonzero((data == ord('"')) | (data == ord("\\")))
+    escaped[np.searchsorted(ends, np.concatenate([low[low_flags & _ESCAPED > 0], quoted]), side="right")] = True
     if assistant is not None:
-        marks = np.flatnonzero(flags & _MARKDOWN_BYTE)
+        marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))
         following = data[np.minimum(marks + 1, len(data) - 1)]
         single = (data[marks] == ord("`")) | (data[marks] == ord("#")) | (following == data[marks])
         owners = np.searchsorted(ends, marks[single], side="right")
         flagged[owners[assistant[owners]]] = True
-    escaped[np.searchsorted(ends, np.flatnonzero(flags & _ESCAPED), side="right")] = True
     return flagged, escaped
 
 

@@ -1,35 +1,38 @@
-"""Keep freed heap memory for reuse instead of handing it back to the kernel at once.
+"""The environment worker processes start with, so they reuse freed memory instead of faulting it in.
 
 Data preparation allocates and frees buffers of several MB per chunk. By default glibc serves
-those with fresh mmaps and trims the heap after each free, so every chunk faults its pages in
-again; on virtual machines a page fault costs microseconds. Raising the mmap and trim
-thresholds (what MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ would do at start-up) lets
-the same pages serve every chunk. Peak memory is unchanged; memory is returned at exit.
+them with fresh mmaps and trims the heap after each free, and Python's small-object arenas are
+unmapped when they empty, so each chunk faults its pages in again; on virtual machines a page
+fault costs microseconds. Worker processes therefore use the system allocator for Python
+objects with raised mmap and trim thresholds: the same pages serve every chunk. Peak memory is
+unchanged.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-M_TRIM_THRESHOLD = -1
-M_TOP_PAD = -2
-M_MMAP_THRESHOLD = -3
-KEEP_BYTES = 256 * 1024 * 1024
+KEEP_BYTES = str(256 * 1024 * 1024)
+WORKER_ENVIRONMENT = {
+    "PYTHONMALLOC": "malloc",
+    "MALLOC_MMAP_THRESHOLD_": KEEP_BYTES,
+    "MALLOC_TRIM_THRESHOLD_": KEEP_BYTES,
+    "MALLOC_TOP_PAD_": KEEP_BYTES,
+}
 
 
-def keep_freed_memory() -> bool:
-    """Tune glibc's malloc for buffer reuse; return False where it is not glibc (nothing done)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+@contextmanager
+def worker_environment() -> Iterator[None]:
+    """Set ``WORKER_ENVIRONMENT`` while worker processes are started, then restore the old values."""
+    saved = {name: os.environ.get(name) for name in WORKER_ENVIRONMENT}
+    os.environ.update(WORKER_ENVIRONMENT)
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(
-        mallopt(option, value) == 1
-        for option, value in ((M_MMAP_THRESHOLD, KEEP_BYTES), (M_TRIM_THRESHOLD, 4 * KEEP_BYTES), (M_TOP_PAD, KEEP_BYTES))
-    )
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -11,10 +11,10 @@ Three phases, each over byte-range chunks of the inputs on a pool of worker proc
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
-from ft_assets.dataset.memory import keep_freed_memory
+from ft_assets.dataset.memory import worker_environment
 from ft_assets.dataset.route import plan_routes, route_chunk
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 
@@ -42,8 +42,6 @@ CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
-INDEX_COLUMNS = ["line", "offset", "length", "example_id", "group_id", "source_id", "tokens", "norm_hash",
-                 "exact_hash", "fixes", "group_hash"]
 
 Runner = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
@@ -124,20 +122,24 @@ def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[tuple[int, Path
 
 
 @contextmanager
-def _workers(count: int, tasks: int) -> Iterator[Runner]:
-    """Yield a function that maps a worker function over items, on a process pool when worth it."""
+def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
+    """Yield a function that maps a worker function over items, on a process pool when worth it.
+
+    ``forkserver`` (the default) forks workers from a fresh single-threaded server that has
+    imported and warmed up the scan; it is safe in any process. ``fork`` starts faster but is
+    only safe from a process that has not yet run threads holding locks (the ``prep`` command).
+    """
     if count <= 1 or tasks <= 1:
-        keep_freed_memory()
         yield lambda function, items: [function(item) for item in items]
         return
-    keep_freed_memory()
-    # fork is instant and safe from a single-threaded process (the CLI); spawn otherwise.
-    if threading.active_count() == 1:
-        warm_up()
-        context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload(["ft_assets.dataset.warm"])
     else:
-        context = multiprocessing.get_context("spawn")
-    with context.Pool(min(count, tasks)) as pool:
+        warm_up()
+    with worker_environment():
+        pool = context.Pool(min(count, tasks))
+    with pool:
         yield lambda function, items: list(pool.imap(function, items))
 
 
@@ -150,8 +152,8 @@ def _column(results: list[ChunkResult], name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
-def find_duplicates(norm_hash: np.ndarray, exact_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (is duplicate, is exact duplicate, index of first occurrence) for each row."""
+def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (is duplicate, index of first occurrence) for each row, by normalized key."""
     n = len(norm_hash)
     order = np.argsort(norm_hash, kind="stable")
     ordered = norm_hash[order]
@@ -160,9 +162,34 @@ def find_duplicates(norm_hash: np.ndarray, exact_hash: np.ndarray) -> tuple[np.n
     first_in_order = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else order
     first_of = np.empty(n, dtype=np.int64)
     first_of[order] = first_in_order
-    duplicate = first_of != np.arange(n)
-    exact = duplicate & (exact_hash == exact_hash[first_of])
-    return duplicate, exact, first_of
+    return first_of != np.arange(n), first_of
+
+
+def exact_duplicates(results: list[ChunkResult], duplicate: np.ndarray, first_of: np.ndarray) -> np.ndarray:
+    """Return, per row, whether it is a duplicate whose cleaned bytes equal its first occurrence's."""
+    exact = np.zeros(len(duplicate), dtype=bool)
+    rows = np.flatnonzero(duplicate)
+    if not len(rows):
+        return exact
+    sizes = _column(results, "size")
+    chunk_of = np.repeat(np.arange(len(results)), [r.kept for r in results])
+    chunk_first_row = np.concatenate([[0], np.cumsum([r.kept for r in results])])
+    row_end = np.cumsum(sizes)
+    start_in_chunk = row_end - sizes - np.concatenate([[0], row_end])[chunk_first_row[chunk_of]]
+    with ExitStack() as stack:
+        maps: dict[int, mmap.mmap] = {}
+
+        def payload(row: int) -> bytes:
+            chunk = int(chunk_of[row])
+            if chunk not in maps:
+                handle = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb"))
+                maps[chunk] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            start = int(start_in_chunk[row])
+            return maps[chunk][start : start + int(sizes[row])]
+
+        for row in rows.tolist():
+            exact[row] = payload(row) == payload(int(first_of[row]))
+    return exact
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -233,7 +260,8 @@ def _scan(
         for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
     ]
     results = run(scan_chunk, tasks) if run else []
-    duplicate, exact, first_of = find_duplicates(_column(results, "norm_hash"), _column(results, "exact_hash"))
+    duplicate, first_of = find_duplicates(_column(results, "norm_hash"))
+    exact = exact_duplicates(results, duplicate, first_of)
     return _Scanned(files, names, config, results, duplicate, exact, first_of)
 
 
@@ -282,6 +310,7 @@ def _run_phases(
     labels: Sequence[str] | None,
     workers: int | None,
     chunk_bytes: int,
+    start_method: str,
     outputs: Callable[[_Scanned], tuple[list[Path], np.ndarray, _CleanedIndex | _SplitTotals]],
 ) -> tuple[dict[str, Any], _CleanedIndex | _SplitTotals]:
     """Scan, decide and write; ``outputs`` names the files, the target of each kept row and the index sink."""
@@ -289,7 +318,7 @@ def _run_phases(
     chunks = len(plan_chunks(expand_inputs(inputs), chunk_bytes))
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch,
-        _workers(workers or os.cpu_count() or 1, chunks) as run,
+        _workers(workers or os.cpu_count() or 1, chunks, start_method) as run,
     ):
         scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes)
         paths, targets, sink = outputs(scanned)
@@ -324,7 +353,7 @@ def clean(
     def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _CleanedIndex]:
         return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8), _CleanedIndex(out_dir)
 
-    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, outputs)
+    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", outputs)
     return report
 
 
@@ -336,6 +365,7 @@ def prep(
     *,
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    start_method: str = "forkserver",
 ) -> dict[str, Any]:
     """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
 
@@ -348,7 +378,7 @@ def prep(
         assignment = assign_splits(scanned.kept_column("group_hash"), split_config)
         return [out_dir / f"{name}.jsonl" for name in SPLITS], assignment, _SplitTotals(assignment)
 
-    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, outputs)
+    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, outputs)
     report["splits"] = totals.report()  # type: ignore[union-attr]
     report["seed"] = split_config.seed
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

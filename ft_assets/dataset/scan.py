@@ -43,7 +43,6 @@ INDEX_SCHEMA = pa.schema(
         ("source_id", pa.string()),
         ("tokens", pa.int32()),
         ("norm_hash", pa.uint64()),
-        ("exact_hash", pa.uint64()),
         ("fixes", pa.uint8()),
         ("group_hash", pa.uint64()),
         ("size", pa.int64()),
@@ -210,17 +209,16 @@ _AUTO_ID = re.compile(r"[0-9a-f]{16}")
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def fingerprints(payload: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Return the (normalized, exact) 64-bit hashes of canonical JSON payloads.
+def normalized_hashes(payload: pa.Array) -> np.ndarray:
+    """Return the 64-bit duplicate key of each canonical JSON payload.
 
-    The normalized form is lower-cased with whitespace, its JSON escapes and markdown marks
+    The key hashes the payload lower-cased with whitespace, its JSON escapes and markdown marks
     dropped, so examples differing only in those share a key.
     """
     data, offsets = string_buffers(payload)
-    raw = data.tobytes()
     ascii_only = pc.all(pc.string_is_ascii(payload)).as_py() is not False
     if ascii_only:
-        lowered, lowered_offsets = np.frombuffer(bytearray(raw.lower()), dtype=np.uint8), offsets
+        lowered, lowered_offsets = data | ((data >= ord("A")) & (data <= ord("Z"))).view(np.uint8) << 5, offsets
     else:
         lowered, lowered_offsets = string_buffers(pc.utf8_lower(payload))
         lowered = lowered.copy()
@@ -233,9 +231,7 @@ def fingerprints(payload: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     away = NORMALIZED_AWAY
     bounds = lowered_offsets.tolist()
     normalized = [hash64(text[a:b].translate(None, away)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    bounds = offsets.tolist()
-    exact = [hash64(raw[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return np.array(normalized, dtype=np.uint64), np.array(exact, dtype=np.uint64)
+    return np.array(normalized, dtype=np.uint64)
 
 
 def hex_ids(values: np.ndarray) -> pa.Array:
@@ -256,7 +252,7 @@ def label_hash(label: str) -> int:
 def warm_up() -> None:
     """Run the Arrow kernels of the fast path once, so that forked workers start with them loaded."""
     line = orjson.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-    fingerprints(fast_rows(ChunkLines.of(line), 100, strip_markdown=True).payload)
+    normalized_hashes(fast_rows(ChunkLines.of(line), 100, strip_markdown=True).payload)
 
 
 def scan_chunk(task: ChunkTask) -> ChunkResult:
@@ -291,7 +287,7 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
     payload = combined(fast.payload, [p.decode() for p in slow[0]], pa.string())
     example_id = combined(fast.example_id, slow[2], pa.string())
     group_id = combined(fast.group_id, slow[3], pa.string())
-    norm_hash, exact_hash = fingerprints(payload)
+    norm_hash = normalized_hashes(payload)
     unlabelled = pc.and_(group_id.is_null(), example_id.is_null()).to_numpy(zero_copy_only=False)
     example_id = pc.coalesce(example_id, hex_ids(norm_hash))
     group_id = pc.coalesce(group_id, example_id)
@@ -311,7 +307,6 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             "source_id": combined(fast.source_id, slow[4], pa.string()),
             "tokens": np.concatenate([fast.tokens, np.asarray(slow[1], dtype=np.int64)])[order.to_numpy()],
             "norm_hash": norm_hash,
-            "exact_hash": exact_hash,
             "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[order.to_numpy()],
             "group_hash": group_hash,
             "size": np.diff(string_buffers(payload)[1]) + 1,

@@ -1,0 +1,8 @@
+"""Imported by the fork server of the scan workers: loads and warms up the scan's kernels once.
+
+Every worker is forked from that server, so none pays the first-call cost of the Arrow kernels.
+"""
+
+from ft_assets.dataset.scan import warm_up
+
+warm_up()
