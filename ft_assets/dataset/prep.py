@@ -27,16 +27,14 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
-import pyarrow.parquet as pq
 import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
 from ft_assets.dataset.memory import worker_environment
-from ft_assets.dataset.route import plan_routes, route_chunk
+from ft_assets.dataset.route import assemble
+from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 
-SPLITS = ("train", "validation", "test")
 CHUNK_BYTES = 8 * 1024 * 1024
 CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
@@ -48,18 +46,6 @@ Runner = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
 class PrepError(Exception):
     """An input cannot be read; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """How kept examples are divided: ratios for train/validation/test and the seed."""
-
-    seed: int = 0
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-
-    def __post_init__(self) -> None:
-        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
-            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {self.ratios}")
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -143,12 +129,8 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
         yield lambda function, items: list(pool.imap(function, items))
 
 
-def _read_column(result: ChunkResult, name: str) -> np.ndarray:
-    return feather.read_table(result.path("index.arrow"), columns=[name], memory_map=True).column(0).to_numpy()
-
-
 def _column(results: list[ChunkResult], name: str) -> np.ndarray:
-    parts = [_read_column(r, name) for r in results]
+    parts = [r.index()[name].to_numpy() for r in results]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
@@ -171,21 +153,25 @@ def exact_duplicates(results: list[ChunkResult], duplicate: np.ndarray, first_of
     rows = np.flatnonzero(duplicate)
     if not len(rows):
         return exact
-    sizes = _column(results, "size")
+    sizes, targets = _column(results, "size"), _column(results, "target")
     chunk_of = np.repeat(np.arange(len(results)), [r.kept for r in results])
-    chunk_first_row = np.concatenate([[0], np.cumsum([r.kept for r in results])])
-    row_end = np.cumsum(sizes)
-    start_in_chunk = row_end - sizes - np.concatenate([[0], row_end])[chunk_first_row[chunk_of]]
+    part_of = chunk_of * 4 + targets
+    order = np.argsort(part_of, kind="stable")
+    ends = np.cumsum(sizes[order])
+    part_starts = np.flatnonzero(np.concatenate([[True], part_of[order][1:] != part_of[order][:-1]]))
+    part_base = np.repeat(ends[part_starts] - sizes[order][part_starts], np.diff(np.append(part_starts, len(order))))
+    start_in_part = np.empty(len(sizes), dtype=np.int64)
+    start_in_part[order] = ends - sizes[order] - part_base
     with ExitStack() as stack:
-        maps: dict[int, mmap.mmap] = {}
+        maps: dict[tuple[int, int], mmap.mmap] = {}
 
         def payload(row: int) -> bytes:
-            chunk = int(chunk_of[row])
-            if chunk not in maps:
-                handle = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb"))
-                maps[chunk] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            start = int(start_in_chunk[row])
-            return maps[chunk][start : start + int(sizes[row])]
+            part = (int(chunk_of[row]), int(targets[row]))
+            if part not in maps:
+                handle = stack.enter_context(open(results[part[0]].path(f"kept-{part[1]}.jsonl"), "rb"))
+                maps[part] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            start = int(start_in_part[row])
+            return maps[part][start : start + int(sizes[row])]
 
         for row in rows.tolist():
             exact[row] = payload(row) == payload(int(first_of[row]))
@@ -225,20 +211,10 @@ class _Scanned:
         """Return an index column for the rows that survive de-duplication, in input order."""
         return _column(self.results, name)[~self.duplicate]
 
-    def write(self, run: Runner, outputs: list[Path], targets: np.ndarray) -> None:
-        """Write every surviving row to ``outputs[target]`` (targets per surviving row), in parallel."""
-        keep = ~self.duplicate
-        all_targets = np.zeros(len(keep), dtype=np.uint8)
-        all_targets[keep] = targets
-        tasks = plan_routes(
-            [str(r.path("kept.jsonl")) for r in self.results],
-            [r.kept for r in self.results],
-            keep,
-            all_targets,
-            _column(self.results, "size"),
-            outputs,
-        )
-        run(route_chunk, tasks)
+    def write(self, outputs: list[Path]) -> None:
+        """Assemble every surviving row into ``outputs[target]``, in input order."""
+        assemble(outputs, [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
+                 [r.kept for r in self.results], ~self.duplicate, _column(self.results, "target"), _column(self.results, "size"))
 
 
 def _scan(
@@ -248,6 +224,7 @@ def _scan(
     labels: Sequence[str] | None,
     run: Runner | None,
     chunk_bytes: int,
+    split_config: SplitConfig | None,
 ) -> _Scanned:
     files = expand_inputs(inputs)
     config = config or CleanConfig()
@@ -256,7 +233,7 @@ def _scan(
     if len(names) != len(files):
         raise ValueError(f"{len(labels or [])} labels for {len(files)} input files")
     tasks = [
-        ChunkTask(n, index, str(path), start, end, str(scratch), config)
+        ChunkTask(n, index, str(path), start, end, str(scratch), config, split_config)
         for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
     ]
     results = run(scan_chunk, tasks) if run else []
@@ -269,6 +246,8 @@ class _CleanedIndex:
     """Collects the index of kept rows into ``cleaned.index.parquet``."""
 
     def __init__(self, out_dir: Path) -> None:
+        import pyarrow.parquet as pq
+
         self.writer = pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd")
 
     def add(self, table: pa.Table) -> None:
@@ -311,7 +290,8 @@ def _run_phases(
     workers: int | None,
     chunk_bytes: int,
     start_method: str,
-    outputs: Callable[[_Scanned], tuple[list[Path], np.ndarray, _CleanedIndex | _SplitTotals]],
+    split_config: SplitConfig | None,
+    outputs: Callable[[_Scanned], tuple[list[Path], _CleanedIndex | _SplitTotals]],
 ) -> tuple[dict[str, Any], _CleanedIndex | _SplitTotals]:
     """Scan, decide and write; ``outputs`` names the files, the target of each kept row and the index sink."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,9 +300,9 @@ def _run_phases(
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch,
         _workers(workers or os.cpu_count() or 1, chunks, start_method) as run,
     ):
-        scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes)
-        paths, targets, sink = outputs(scanned)
-        scanned.write(run, paths, targets)
+        scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes, split_config)
+        paths, sink = outputs(scanned)
+        scanned.write(paths)
         try:
             report = _merge(scanned, out_dir, sink)
         finally:
@@ -350,10 +330,10 @@ def clean(
     (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
     """
 
-    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _CleanedIndex]:
-        return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8), _CleanedIndex(out_dir)
+    def outputs(_: _Scanned) -> tuple[list[Path], _CleanedIndex]:
+        return [out_dir / CLEANED], _CleanedIndex(out_dir)
 
-    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", outputs)
+    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", None, outputs)
     return report
 
 
@@ -369,16 +349,18 @@ def prep(
 ) -> dict[str, Any]:
     """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
 
-    Kept rows go straight from the scan into the split files: the same rows, order and
-    assignment as ``clean`` followed by ``split``, without writing ``cleaned.jsonl`` in between.
+    The scan already sorts kept rows by split, so they go straight into the split files: the
+    same rows, order and assignment as ``clean`` followed by ``split``, without
+    ``cleaned.jsonl`` in between.
     """
     split_config = split_config or SplitConfig()
 
-    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _SplitTotals]:
-        assignment = assign_splits(scanned.kept_column("group_hash"), split_config)
-        return [out_dir / f"{name}.jsonl" for name in SPLITS], assignment, _SplitTotals(assignment)
+    def outputs(scanned: _Scanned) -> tuple[list[Path], _SplitTotals]:
+        return [out_dir / f"{name}.jsonl" for name in SPLITS], _SplitTotals(scanned.kept_column("target"))
 
-    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, outputs)
+    report, totals = _run_phases(
+        inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, split_config, outputs
+    )
     report["splits"] = totals.report()  # type: ignore[union-attr]
     report["seed"] = split_config.seed
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -417,7 +399,8 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
         line_base[result.task.file_index] += result.lines
     row_file = np.concatenate([np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)])
     row_line = np.concatenate(
-        [_read_column(r, "line") + base for r, base in zip(results, chunk_line_base, strict=True)] or [np.zeros(0, np.int64)]
+        [r.index()["line"].to_numpy() + base for r, base in zip(results, chunk_line_base, strict=True)]
+        or [np.zeros(0, np.int64)]
     )
     reasons: Counter[str] = Counter()
     fixes: Counter[str] = Counter()
@@ -430,7 +413,7 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
             reasons.update(result.reasons)
-            table = feather.read_table(result.path("index.arrow"), memory_map=True)
+            table = result.index()
             dup = duplicate[row : row + result.kept]
             out_rows: list[tuple[int, bytes]] = []
             for raw in _lines(result.path("rejected.jsonl")):
@@ -494,45 +477,13 @@ def _cleaned_index_schema() -> pa.Schema:
     return INDEX_SCHEMA.append(pa.field("file", pa.string())).append(pa.field("position", pa.int64()))
 
 
-def _mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64 finalizer: a fixed, platform-independent scramble of 64-bit values."""
-    with np.errstate(over="ignore"):
-        x = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def assign_splits(group_hash: np.ndarray, config: SplitConfig) -> np.ndarray:
-    """Return 0/1/2 (train/validation/test) per row; rows of one group always share a split.
-
-    Groups are ordered by a seeded hash and cut where the running row count crosses each
-    ratio, so split sizes follow the ratios to within one group.
-    """
-    n = len(group_hash)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint8)
-    by_group = np.argsort(group_hash)
-    ordered = group_hash[by_group]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-    counts = np.diff(np.append(starts, n))
-    keys = _mix64(ordered[starts] ^ np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode())))
-    order = np.argsort(keys, kind="stable")
-    first_row = np.cumsum(counts[order]) - counts[order]
-    cut_train = round(config.ratios[0] * n)
-    cut_validation = round((config.ratios[0] + config.ratios[1]) * n)
-    group_split = np.empty(len(starts), dtype=np.uint8)
-    group_split[order] = np.where(first_row < cut_train, 0, np.where(first_row < cut_validation, 1, 2))
-    assignment = np.empty(n, dtype=np.uint8)
-    assignment[by_group] = np.repeat(group_split, counts)
-    return assignment
-
-
 def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: bool = True) -> dict[str, Any]:
     """Write ``<split>.jsonl`` (and ``<split>.members.parquet``) for train, validation and test.
 
     Rows keep their cleaned order inside each split; returns rows and tokens per split.
     """
+    import pyarrow.parquet as pq
+
     index_path = cleaned_dir / CLEANED_INDEX
     group_hash = pq.read_table(index_path, columns=["group_hash"]).column(0).to_numpy()
     assignment = assign_splits(group_hash, config)
@@ -567,7 +518,7 @@ def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: boo
     }
 
 
-def _write_members(index: pq.ParquetFile, assignment: np.ndarray, writers: list[pq.ParquetWriter]) -> None:
+def _write_members(index: Any, assignment: np.ndarray, writers: list[Any]) -> None:
     seen = np.zeros(3, dtype=np.int64)
     row = 0
     for batch in index.iter_batches(columns=MEMBER_COLUMNS):
@@ -591,6 +542,8 @@ def revalidate(path: Path) -> dict[str, Any]:
 
 def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]:
     """Return, for each pair of splits and each of example id, group and normalized content, shared counts > 0."""
+    import pyarrow.parquet as pq
+
     columns = ("example_id", "group_id", "norm_hash")
     values = {
         name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns)) for name, folder in split_folders.items()

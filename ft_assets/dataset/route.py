@@ -1,74 +1,62 @@
-"""Parallel write phase: kept rows go from the scan's scratch files straight into the output files.
+"""Assemble output files from the scan's per-chunk parts, in input order, leaving duplicates out.
 
-Once duplicates and split targets are known, the byte offset of every chunk's share of every
-output file follows from the row sizes, so each worker writes its chunk with ``pwrite`` at
-that offset: no process copies the whole dataset, and the outputs are byte-identical however
-the chunks were scheduled.
+A part whose rows are all kept is copied in the kernel (``copy_file_range``); only the rare
+part holding a duplicate is filtered in memory.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class RouteTask:
-    """One chunk's kept rows, which of them survive, where each goes, and at which offsets."""
-
-    kept_path: str
-    sizes: np.ndarray
-    keep: np.ndarray
-    targets: np.ndarray
-    outputs: tuple[str, ...]
-    offsets: tuple[int, ...]
-
-
-def route_chunk(task: RouteTask) -> None:
-    """Write the surviving rows of one chunk into their outputs at the planned offsets."""
-    data = np.frombuffer(Path(task.kept_path).read_bytes(), dtype=np.uint8)
-    sizes = task.sizes
-    if int(sizes.sum()) != len(data):
-        raise RuntimeError(f"{task.kept_path}: {len(data)} bytes, index says {int(sizes.sum())}")
-    byte_target = np.repeat(np.where(task.keep, task.targets, 255).astype(np.uint8), sizes)
-    for output, (path, offset) in enumerate(zip(task.outputs, task.offsets, strict=True)):
-        selected = data[byte_target == output]
-        if not len(selected):
-            continue
-        descriptor = os.open(path, os.O_WRONLY)
+def _copy_whole(source: Path, out: int) -> None:
+    with open(source, "rb") as handle:
+        remaining = os.fstat(handle.fileno()).st_size
         try:
-            os.pwrite(descriptor, selected, offset)
-        finally:
-            os.close(descriptor)
+            while remaining:
+                copied = os.copy_file_range(handle.fileno(), out, remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        except OSError:
+            handle.seek(os.fstat(handle.fileno()).st_size - remaining)
+            with os.fdopen(os.dup(out), "wb", closefd=True) as target:
+                shutil.copyfileobj(handle, target, 1 << 20)
+            remaining = 0
+        if remaining:
+            raise OSError(f"copy of {source} stopped {remaining} bytes short")
 
 
-def plan_routes(
-    kept_paths: list[str],
+def assemble(
+    outputs: list[Path],
+    parts: list[list[Path]],
     rows_per_chunk: list[int],
     keep: np.ndarray,
     targets: np.ndarray,
     sizes: np.ndarray,
-    outputs: list[Path],
-) -> list[RouteTask]:
-    """Return one task per chunk and create the outputs at their final sizes.
+) -> None:
+    """Write ``outputs[t]`` as the concatenation of every chunk's part ``t``, minus rows not kept.
 
-    ``keep``, ``targets`` (output index) and ``sizes`` (bytes with newline) are per scanned row.
+    ``keep``, ``targets`` and ``sizes`` (bytes with newline) are per scanned row, chunk after chunk.
     """
-    tasks = []
-    position = np.zeros(len(outputs), dtype=np.int64)
-    start = 0
-    for path, rows in zip(kept_paths, rows_per_chunk, strict=True):
-        chunk = slice(start, start + rows)
-        start += rows
-        tasks.append(
-            RouteTask(path, sizes[chunk], keep[chunk], targets[chunk], tuple(str(o) for o in outputs), tuple(position.tolist()))
-        )
-        for output in range(len(outputs)):
-            position[output] += int(sizes[chunk][keep[chunk] & (targets[chunk] == output)].sum())
-    for output, total in zip(outputs, position.tolist(), strict=True):
-        with open(output, "wb") as handle:
-            handle.truncate(total)
-    return tasks
+    descriptors = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for path in outputs]
+    try:
+        start = 0
+        for chunk_parts, rows in zip(parts, rows_per_chunk, strict=True):
+            chunk = slice(start, start + rows)
+            start += rows
+            for target, (part, descriptor) in enumerate(zip(chunk_parts, descriptors, strict=True)):
+                mine = targets[chunk] == target
+                if keep[chunk][mine].all():
+                    _copy_whole(part, descriptor)
+                    continue
+                data = np.frombuffer(part.read_bytes(), dtype=np.uint8)
+                byte_kept = np.repeat(keep[chunk][mine], sizes[chunk][mine])
+                os.write(descriptor, data[byte_kept].tobytes())
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)

@@ -24,6 +24,7 @@ import xxhash
 
 from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, string_buffers
 from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
+from ft_assets.dataset.splitting import SplitConfig, assign_splits
 from ft_assets.dataset.text import NORMALIZED_AWAY, estimate_tokens, has_markdown, strip_markdown
 
 BOM = b"\xef\xbb\xbf"
@@ -46,6 +47,7 @@ INDEX_SCHEMA = pa.schema(
         ("fixes", pa.uint8()),
         ("group_hash", pa.uint64()),
         ("size", pa.int64()),
+        ("target", pa.uint8()),
     ]
 )
 
@@ -73,6 +75,7 @@ class ChunkTask:
     end: int
     scratch: str
     config: CleanConfig
+    split: SplitConfig | None = None
 
 
 @dataclass
@@ -83,6 +86,13 @@ class ChunkResult:
     lines: int = 0
     kept: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    _index: pa.Table | None = field(default=None, repr=False, compare=False)
+
+    def index(self) -> pa.Table:
+        """The chunk's index of kept rows, memory-mapped on first use."""
+        if self._index is None:
+            self._index = feather.read_table(self.path("index.arrow"), memory_map=True)
+        return self._index
 
     def path(self, suffix: str) -> Path:
         """Return the scratch file of this chunk with the given suffix."""
@@ -297,6 +307,7 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
         labels = group_id.take(pa.array(labelled)).to_pylist()
         group_hash[labelled] = np.array([label_hash(g) for g in labels], dtype=np.uint64)
     starts = lines.starts + task.start
+    targets = assign_splits(group_hash, task.split) if task.split else np.zeros(len(group_hash), dtype=np.uint8)
     table = pa.table(
         {
             "line": line_index + 1,
@@ -310,11 +321,14 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[order.to_numpy()],
             "group_hash": group_hash,
             "size": np.diff(string_buffers(payload)[1]) + 1,
+            "target": targets,
         }
     ).cast(INDEX_SCHEMA)
     result.kept = table.num_rows
     feather.write_feather(table, result.path("index.arrow"), compression="uncompressed")
-    kept_lines, _ = string_buffers(pc.binary_join_element_wise(payload, "\n", ""))
-    result.path("kept.jsonl").write_bytes(kept_lines.tobytes())
+    lines_out = pc.binary_join_element_wise(payload, "\n", "")
+    for target in range(3 if task.split else 1):
+        selected = lines_out.filter(pa.array(targets == target)) if task.split else lines_out
+        result.path(f"kept-{target}.jsonl").write_bytes(string_buffers(selected)[0].tobytes())
     result.path("rejected.jsonl").write_bytes(b"\n".join(rejected) + b"\n" if rejected else b"")
     return result
