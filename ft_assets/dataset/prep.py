@@ -31,7 +31,7 @@ import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
 from ft_assets.dataset.memory import worker_environment
-from ft_assets.dataset.route import assemble
+from ft_assets.dataset.route import plan_routes, route_chunk
 from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 
@@ -137,13 +137,14 @@ def _column(results: list[ChunkResult], name: str) -> np.ndarray:
 def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return (is duplicate, index of first occurrence) for each row, by normalized key."""
     n = len(norm_hash)
-    order = np.argsort(norm_hash, kind="stable")
+    if n == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    order = np.argsort(norm_hash)
     ordered = norm_hash[order]
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    first_in_order = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else order
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    first = np.minimum.reduceat(order, starts)
     first_of = np.empty(n, dtype=np.int64)
-    first_of[order] = first_in_order
+    first_of[order] = np.repeat(first, np.diff(np.append(starts, n)))
     return first_of != np.arange(n), first_of
 
 
@@ -155,13 +156,13 @@ def exact_duplicates(results: list[ChunkResult], duplicate: np.ndarray, first_of
         return exact
     sizes, targets = _column(results, "size"), _column(results, "target")
     chunk_of = np.repeat(np.arange(len(results)), [r.kept for r in results])
-    part_of = chunk_of * 4 + targets
-    order = np.argsort(part_of, kind="stable")
-    ends = np.cumsum(sizes[order])
-    part_starts = np.flatnonzero(np.concatenate([[True], part_of[order][1:] != part_of[order][:-1]]))
-    part_base = np.repeat(ends[part_starts] - sizes[order][part_starts], np.diff(np.append(part_starts, len(order))))
-    start_in_part = np.empty(len(sizes), dtype=np.int64)
-    start_in_part[order] = ends - sizes[order] - part_base
+    chunk_first_row = np.concatenate([[0], np.cumsum([r.kept for r in results])])[:-1]
+    start_in_part = np.zeros(len(sizes), dtype=np.int64)
+    for target in np.unique(targets).tolist():
+        mine = targets == target
+        ends = np.cumsum(np.where(mine, sizes, 0))
+        before_chunk = np.concatenate([[0], ends])[chunk_first_row]
+        start_in_part[mine] = (ends - sizes - before_chunk[chunk_of])[mine]
     with ExitStack() as stack:
         maps: dict[tuple[int, int], mmap.mmap] = {}
 
@@ -211,10 +212,17 @@ class _Scanned:
         """Return an index column for the rows that survive de-duplication, in input order."""
         return _column(self.results, name)[~self.duplicate]
 
-    def write(self, outputs: list[Path]) -> None:
-        """Assemble every surviving row into ``outputs[target]``, in input order."""
-        assemble(outputs, [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
-                 [r.kept for r in self.results], ~self.duplicate, _column(self.results, "target"), _column(self.results, "size"))
+    def write(self, run: Runner, outputs: list[Path]) -> None:
+        """Write every surviving row into ``outputs[target]``, in input order, on the workers."""
+        tasks = plan_routes(
+            [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
+            [r.kept for r in self.results],
+            ~self.duplicate,
+            _column(self.results, "target"),
+            _column(self.results, "size"),
+            outputs,
+        )
+        run(route_chunk, tasks)
 
 
 def _scan(
@@ -302,7 +310,7 @@ def _run_phases(
     ):
         scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes, split_config)
         paths, sink = outputs(scanned)
-        scanned.write(paths)
+        scanned.write(run, paths)
         try:
             report = _merge(scanned, out_dir, sink)
         finally:

@@ -1,62 +1,83 @@
-"""Assemble output files from the scan's per-chunk parts, in input order, leaving duplicates out.
+"""Parallel write phase: the scan's per-chunk, per-output parts go to their place in the outputs.
 
-A part whose rows are all kept is copied in the kernel (``copy_file_range``); only the rare
-part holding a duplicate is filtered in memory.
+Once duplicates are known, the byte offset of every chunk's share of every output follows
+from the row sizes, so each worker writes its chunk at that offset: a part whose rows are
+all kept is copied in the kernel (``copy_file_range``), a part holding a duplicate is filtered
+in memory and written with ``pwrite``. Outputs are byte-identical however chunks are scheduled.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 
-def _copy_whole(source: Path, out: int) -> None:
-    with open(source, "rb") as handle:
-        remaining = os.fstat(handle.fileno()).st_size
+@dataclass(frozen=True)
+class RouteTask:
+    """One chunk: its part file per output, which rows of each part survive, and where they go."""
+
+    parts: tuple[str, ...]
+    keep: tuple[np.ndarray, ...]
+    sizes: tuple[np.ndarray, ...]
+    outputs: tuple[str, ...]
+    offsets: tuple[int, ...]
+
+
+def _copy_range(source: int, target: int, count: int, offset: int) -> None:
+    copied = 0
+    while copied < count:
+        step = os.copy_file_range(source, target, count - copied, copied, offset + copied)
+        if step == 0:
+            raise OSError(f"copy stopped {count - copied} bytes short")
+        copied += step
+
+
+def route_chunk(task: RouteTask) -> None:
+    """Write one chunk's surviving rows into every output at the planned offsets."""
+    for part, keep, sizes, output, offset in zip(task.parts, task.keep, task.sizes, task.outputs, task.offsets, strict=True):
+        if not len(sizes):
+            continue
+        target = os.open(output, os.O_WRONLY)
         try:
-            while remaining:
-                copied = os.copy_file_range(handle.fileno(), out, remaining)
-                if copied == 0:
-                    break
-                remaining -= copied
-        except OSError:
-            handle.seek(os.fstat(handle.fileno()).st_size - remaining)
-            with os.fdopen(os.dup(out), "wb", closefd=True) as target:
-                shutil.copyfileobj(handle, target, 1 << 20)
-            remaining = 0
-        if remaining:
-            raise OSError(f"copy of {source} stopped {remaining} bytes short")
+            if keep.all():
+                source = os.open(part, os.O_RDONLY)
+                try:
+                    _copy_range(source, target, int(sizes.sum()), offset)
+                finally:
+                    os.close(source)
+            else:
+                data = np.frombuffer(Path(part).read_bytes(), dtype=np.uint8)
+                os.pwrite(target, data[np.repeat(keep, sizes)].tobytes(), offset)
+        finally:
+            os.close(target)
 
 
-def assemble(
+def plan_routes(
+    parts: list[list[Path]], rows_per_chunk: list[int], keep: np.ndarray, targets: np.ndarray, sizes: np.ndarray,
     outputs: list[Path],
-    parts: list[list[Path]],
-    rows_per_chunk: list[int],
-    keep: np.ndarray,
-    targets: np.ndarray,
-    sizes: np.ndarray,
-) -> None:
-    """Write ``outputs[t]`` as the concatenation of every chunk's part ``t``, minus rows not kept.
+) -> list[RouteTask]:
+    """Return one task per chunk and create the outputs at their final sizes.
 
-    ``keep``, ``targets`` and ``sizes`` (bytes with newline) are per scanned row, chunk after chunk.
+    ``keep``, ``targets`` (output index) and ``sizes`` (bytes with newline) are per scanned row.
     """
-    descriptors = [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for path in outputs]
-    try:
-        start = 0
-        for chunk_parts, rows in zip(parts, rows_per_chunk, strict=True):
-            chunk = slice(start, start + rows)
-            start += rows
-            for target, (part, descriptor) in enumerate(zip(chunk_parts, descriptors, strict=True)):
-                mine = targets[chunk] == target
-                if keep[chunk][mine].all():
-                    _copy_whole(part, descriptor)
-                    continue
-                data = np.frombuffer(part.read_bytes(), dtype=np.uint8)
-                byte_kept = np.repeat(keep[chunk][mine], sizes[chunk][mine])
-                os.write(descriptor, data[byte_kept].tobytes())
-    finally:
-        for descriptor in descriptors:
-            os.close(descriptor)
+    tasks = []
+    position = np.zeros(len(outputs), dtype=np.int64)
+    start = 0
+    for chunk_parts, rows in zip(parts, rows_per_chunk, strict=True):
+        chunk = slice(start, start + rows)
+        start += rows
+        masks = [targets[chunk] == output for output in range(len(outputs))]
+        keeps = tuple(keep[chunk][mask] for mask in masks)
+        part_sizes = tuple(sizes[chunk][mask] for mask in masks)
+        tasks.append(
+            RouteTask(tuple(str(p) for p in chunk_parts), keeps, part_sizes, tuple(str(o) for o in outputs),
+                      tuple(position.tolist()))
+        )
+        position += [int(s[k].sum()) for s, k in zip(part_sizes, keeps, strict=True)]
+    for output, total in zip(outputs, position.tolist(), strict=True):
+        with open(output, "wb") as handle:
+            handle.truncate(total)
+    return tasks
