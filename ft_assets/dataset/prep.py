@@ -27,13 +27,12 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from ft_assets.dataset.formats import Format, detect_format
 from ft_assets.dataset.memory import worker_environment
 from ft_assets.dataset.route import plan_routes, route_chunk
-from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
+from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
 
 CHUNK_BYTES = 8 * 1024 * 1024
 CLEANED = "cleaned.jsonl"
@@ -41,7 +40,8 @@ CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
 
-Runner = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+# Maps a worker function over items and returns a function that waits for the results.
+Runner = Callable[[Callable[[Any], Any], list[Any]], Callable[[], list[Any]]]
 
 
 class PrepError(Exception):
@@ -109,14 +109,18 @@ def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[tuple[int, Path
 
 @contextmanager
 def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
-    """Yield a function that maps a worker function over items, on a process pool when worth it.
+    """Yield a ``Runner``: it maps a worker function over items, on a process pool when worth it.
 
     ``forkserver`` (the default) forks workers from a fresh single-threaded server that has
     imported and warmed up the scan; it is safe in any process. ``fork`` starts faster but is
     only safe from a process that has not yet run threads holding locks (the ``prep`` command).
     """
     if count <= 1 or tasks <= 1:
-        yield lambda function, items: [function(item) for item in items]
+        def run_here(function: Callable[[Any], Any], items: list[Any]) -> Callable[[], list[Any]]:
+            results = [function(item) for item in items]
+            return lambda: results
+
+        yield run_here
         return
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
@@ -126,7 +130,7 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
     with worker_environment():
         pool = context.Pool(min(count, tasks))
     with pool:
-        yield lambda function, items: list(pool.imap(function, items))
+        yield lambda function, items: pool.map_async(function, items, chunksize=1).get
 
 
 def _column(results: list[ChunkResult], name: str) -> np.ndarray:
@@ -212,8 +216,10 @@ class _Scanned:
         """Return an index column for the rows that survive de-duplication, in input order."""
         return _column(self.results, name)[~self.duplicate]
 
-    def write(self, run: Runner, outputs: list[Path]) -> None:
-        """Write every surviving row into ``outputs[target]``, in input order, on the workers."""
+    def write(self, run: Runner, outputs: list[Path]) -> Callable[[], list[Any]]:
+        """Start writing every surviving row into ``outputs[target]``, in input order, on the workers;
+        return the function that waits for the writes.
+        """
         tasks = plan_routes(
             [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
             [r.kept for r in self.results],
@@ -222,7 +228,7 @@ class _Scanned:
             _column(self.results, "size"),
             outputs,
         )
-        run(route_chunk, tasks)
+        return run(route_chunk, tasks)
 
 
 def _scan(
@@ -244,7 +250,7 @@ def _scan(
         ChunkTask(n, index, str(path), start, end, str(scratch), config, split_config)
         for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
     ]
-    results = run(scan_chunk, tasks) if run else []
+    results = run(scan_chunk, tasks)() if run else []
     duplicate, first_of = find_duplicates(_column(results, "norm_hash"))
     exact = exact_duplicates(results, duplicate, first_of)
     return _Scanned(files, names, config, results, duplicate, exact, first_of)
@@ -310,11 +316,12 @@ def _run_phases(
     ):
         scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes, split_config)
         paths, sink = outputs(scanned)
-        scanned.write(run, paths)
+        written = scanned.write(run, paths)
         try:
             report = _merge(scanned, out_dir, sink)
         finally:
             sink.close()
+        written()
     report["format"] = scanned.config.format
     report["config"] = asdict(scanned.config)
     return report, sink
