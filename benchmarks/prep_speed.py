@@ -26,7 +26,10 @@ import psutil
 
 ROLES = {"system", "user", "assistant", "function"}
 KEYS = {"role", "content", "name", "function_call", "weight"}
-WORDS = "invoice vendor total due net terms paper toner flight hotel rail energy audit advisory license".split()
+WORDS = [
+    *("invoice", "vendor", "total", "due", "net", "terms", "paper", "toner"),
+    *("flight", "hotel", "rail", "energy", "audit", "advisory", "license"),
+]
 
 
 def generate(path: Path, rows: int, seed: int = 1) -> None:
@@ -43,15 +46,24 @@ def generate(path: Path, rows: int, seed: int = 1) -> None:
                 out.write('{"messages": [{"role": "user", "content": "trunc\n')
                 continue
             words = " ".join(rng.choice(WORDS) for _ in range(12))
-            line = json.dumps(
-                {
-                    "messages": [
-                        {"role": "system", "content": "Label the invoice."},
-                        {"role": "user", "content": f"Invoice {n}: {words} total {rng.randint(1, 9999)}.{n % 100:02d}"},
-                        {"role": "assistant", "content": f"Category: {rng.choice(WORDS)}\nVendor: {rng.choice(WORDS)}"},
-                    ]
-                }
-            ) + "\n"
+            line = (
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "Label the invoice."},
+                            {
+                                "role": "user",
+                                "content": f"Invoice {n}: {words} total {rng.randint(1, 9999)}.{n % 100:02d}",
+                            },
+                            {
+                                "role": "assistant",
+                                "content": f"Category: {rng.choice(WORDS)}\nVendor: {rng.choice(WORDS)}",
+                            },
+                        ]
+                    }
+                )
+                + "\n"
+            )
             out.write(line)
             previous = line
 
@@ -97,7 +109,7 @@ def baseline(path: Path) -> dict[str, int]:
 def run_timed(command: list[str]) -> tuple[float, str]:
     """Run ``command``; return wall seconds and its output."""
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{command} failed:\n{result.stdout}{result.stderr}")
     return time.perf_counter() - start, result.stdout

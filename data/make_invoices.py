@@ -26,16 +26,46 @@ VENDORS = {
 }
 
 ITEMS = {
-    "Travel": ["Economy flight {a}-{b}", "Hotel room, {n} nights", "Rail pass, zone {n}",
-               "Compact car rental, {n} days", "Airport transfer", "Baggage fee"],
-    "Software": ["Annual subscription, {n} seats", "Cloud storage {n} TB", "API usage tier {n}",
-                 "Support plan renewal", "License upgrade", "Analytics add-on"],
-    "Office Supplies": ["A4 paper, {n} reams", "Ballpoint pens, box of {n}", "Toner cartridge",
-                        "Desk organiser", "Sticky notes, {n} pads", "Filing cabinet"],
-    "Utilities": ["Electricity, {n} kWh", "Water service, {n} m3", "Fibre broadband",
-                  "Gas supply, {n} therms", "Line rental", "Meter reading fee"],
-    "Consulting": ["Advisory hours x{n}", "Contract review", "Quarterly audit fieldwork",
-                   "Strategy workshop", "Legal opinion", "Tax filing support"],
+    "Travel": [
+        "Economy flight {a}-{b}",
+        "Hotel room, {n} nights",
+        "Rail pass, zone {n}",
+        "Compact car rental, {n} days",
+        "Airport transfer",
+        "Baggage fee",
+    ],
+    "Software": [
+        "Annual subscription, {n} seats",
+        "Cloud storage {n} TB",
+        "API usage tier {n}",
+        "Support plan renewal",
+        "License upgrade",
+        "Analytics add-on",
+    ],
+    "Office Supplies": [
+        "A4 paper, {n} reams",
+        "Ballpoint pens, box of {n}",
+        "Toner cartridge",
+        "Desk organiser",
+        "Sticky notes, {n} pads",
+        "Filing cabinet",
+    ],
+    "Utilities": [
+        "Electricity, {n} kWh",
+        "Water service, {n} m3",
+        "Fibre broadband",
+        "Gas supply, {n} therms",
+        "Line rental",
+        "Meter reading fee",
+    ],
+    "Consulting": [
+        "Advisory hours x{n}",
+        "Contract review",
+        "Quarterly audit fieldwork",
+        "Strategy workshop",
+        "Legal opinion",
+        "Tax filing support",
+    ],
 }
 
 CITIES = ["LHR", "JFK", "CDG", "AMS", "FRA", "MAD", "BER", "DUB"]
@@ -58,14 +88,13 @@ def invoice_text(rng: random.Random, vendor: str, category: str, number: int) ->
     customer = rng.choice(CUSTOMERS)
     layout = rng.randrange(3)
     if layout == 0:
-        head = [f"INVOICE #INV-{number:05d}", f"From: {vendor}", f"Bill to: {customer}",
-                f"Date: {date}"]
+        head = [f"INVOICE #INV-{number:05d}", f"From: {vendor}", f"Bill to: {customer}", f"Date: {date}"]
     elif layout == 1:
         head = [f"{vendor.upper()}", f"Invoice no. {number}", f"Issued {date} to {customer}"]
     else:
         head = [f"Tax invoice {number} / {date}", f"Supplier: {vendor}", f"Customer: {customer}"]
     tail = [f"Total due: {currency} {total:.2f}", f"Terms: Net {rng.choice([15, 30, 45])}"]
-    return "\n".join(head + ["Items:"] + lines + tail)
+    return "\n".join([*head, "Items:", *lines, *tail])
 
 
 def example(rng: random.Random, number: int) -> dict:
@@ -89,6 +118,7 @@ def stray_markdown(answer: str) -> str:
 
 
 def main() -> None:
+    """Write the two shipped files."""
     rng = random.Random(7)
     rows = [example(rng, n) for n in range(1, 341)]
     # Multi-page invoices share a group so that their pages never straddle two splits.
@@ -99,13 +129,20 @@ def main() -> None:
     rows[60]["messages"][2]["content"] += "  \n"  # trailing whitespace from a copy-paste
     flawed = [
         dict(rows[3]),  # exact duplicate of inv-0004
-        {**rows[20], "id": "inv-0021-resent",
-         "messages": [{**m, "content": m["content"].upper() + "  "} for m in rows[20]["messages"]]},
+        {
+            **rows[20],
+            "id": "inv-0021-resent",
+            "messages": [{**m, "content": m["content"].upper() + "  "} for m in rows[20]["messages"]],
+        },
         {"id": "inv-9001", "messages": rows[40]["messages"][:2]},  # missing assistant turn
-        {"id": "inv-9003", "messages": [rows[42]["messages"][0], {"role": "user", "content": "  "},
-                                        rows[42]["messages"][2]]},
-        {"id": "inv-9004", "messages": [rows[43]["messages"][1], rows[43]["messages"][0],
-                                        rows[43]["messages"][2]]},  # system not first
+        {
+            "id": "inv-9003",
+            "messages": [rows[42]["messages"][0], {"role": "user", "content": "  "}, rows[42]["messages"][2]],
+        },
+        {
+            "id": "inv-9004",
+            "messages": [rows[43]["messages"][1], rows[43]["messages"][0], rows[43]["messages"][2]],
+        },  # system not first
     ]
     first = [json.dumps(r, ensure_ascii=False) for r in rows[:170] + flawed[:3]]
     second = [json.dumps(r, ensure_ascii=False) for r in rows[170:] + flawed[3:]]

@@ -51,7 +51,9 @@ def prep(
     config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown)
     try:
         # This process has started no threads yet, so its workers can be forked directly.
-        report = run_prep(inputs, out_dir, config, SplitConfig(seed=seed, ratios=ratios), workers=workers, start_method="fork")
+        report = run_prep(
+            inputs, out_dir, config, SplitConfig(seed=seed, ratios=ratios), workers=workers, start_method="fork"
+        )
     except PrepError as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)
@@ -109,7 +111,9 @@ def _walk_command(name: str, help_text: str) -> None:
         from ft_assets.lineage import queries
 
         if not Path(db).exists():
-            raise click.ClickException(f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)")
+            raise click.ClickException(
+                f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)"
+            )
         try:
             rows = getattr(queries, name)(db, target)
         except queries.UnknownVersion as error:

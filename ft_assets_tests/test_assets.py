@@ -13,8 +13,15 @@ from ft_assets.lineage.sync import sync
 from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
 from ft_assets_tests.conftest import ROOT
 
-DATA_ASSETS = ["raw_examples", "source_documents", "synthetic_examples", "cleaned_examples", "train_split",
-               "validation_split", "test_split"]
+DATA_ASSETS = [
+    "raw_examples",
+    "source_documents",
+    "synthetic_examples",
+    "cleaned_examples",
+    "train_split",
+    "validation_split",
+    "test_split",
+]
 
 
 @pytest.fixture
@@ -136,7 +143,11 @@ def test_definitions_load_without_heavy_imports():
 def test_dagster_validates_the_workspace():
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "DAGSTER_HOME": str(ROOT)},
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "DAGSTER_HOME": str(ROOT)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr

@@ -4,16 +4,40 @@ import json
 import random
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 
 from ft_assets.dataset.columnar import ChunkLines, candidate_lines, fast_rows
 from ft_assets.dataset.scan import CleanConfig, _scan_line, normalized_hashes
 
 PIECES = [
-    "plain text", "Ünïcödé", "emoji 😀", 'quote "x"', "back\\slash", "new\nline", "tab\there", "\u2028sep",
-    "**bold**", "`code`", "# heading", "__under__", " lead", "trail ", "\u00a0nbsp", "nbsp\u00a0", "cr\r\nlf",
-    "ctrl\x07char", "", "   ", "slash /", "\u3000ideo", "x" * 50, "#tag", "*single*", "a_b", "é", "\x1f",
+    "plain text",
+    "Ünïcödé",
+    "emoji 😀",
+    'quote "x"',
+    "back\\slash",
+    "new\nline",
+    "tab\there",
+    "\u2028sep",
+    "**bold**",
+    "`code`",
+    "# heading",
+    "__under__",
+    " lead",
+    "trail ",
+    "\u00a0nbsp",
+    "nbsp\u00a0",
+    "cr\r\nlf",
+    "ctrl\x07char",
+    "",
+    "   ",
+    "slash /",
+    "\u3000ideo",
+    "x" * 50,
+    "#tag",
+    "*single*",
+    "a_b",
+    "é",
+    "\x1f",
 ]
 
 
@@ -73,5 +97,5 @@ def test_fast_path_matches_the_reference_on_every_accepted_row():
 
 
 def test_candidate_lines_only_takes_one_object_per_line():
-    lines = [b'{"a": 1}', b"", b'  {"a": 1}', b'{"a": 1}\r', b'{"a":', b'1}', b"\r", b"}", b"{"]
+    lines = [b'{"a": 1}', b"", b'  {"a": 1}', b'{"a": 1}\r', b'{"a":', b"1}", b"\r", b"}", b"{"]
     assert candidate_lines(ChunkLines.of(b"\n".join(lines))).tolist() == [0, 3]

@@ -40,7 +40,10 @@ def test_chat_errors(messages, reason):
 
 def test_tool_call_without_content_is_valid():
     call = {"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}], "content": None}
-    assert check_chat({"messages": [USER, call, {"role": "tool", "content": "42", "tool_call_id": "1"}, ASSISTANT]}) == set()
+    assert (
+        check_chat({"messages": [USER, call, {"role": "tool", "content": "42", "tool_call_id": "1"}, ASSISTANT]})
+        == set()
+    )
 
 
 def test_weight_zero_and_one_are_valid():

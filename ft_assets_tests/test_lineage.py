@@ -14,7 +14,12 @@ ROWS_PER_WRITER = 25
 def _graph(db: Path) -> None:
     record(db, Materialization("raw_examples", "r1", "c1", "run1", parents=[("file:data/raw/a.jsonl", "f1")]))
     record(db, Materialization("synthetic_examples", "s1", "c1", "run1", parents=[("raw_examples", "r1")]))
-    record(db, Materialization("cleaned_examples", "k1", "c1", "run1", parents=[("raw_examples", "r1"), ("synthetic_examples", "s1")]))
+    record(
+        db,
+        Materialization(
+            "cleaned_examples", "k1", "c1", "run1", parents=[("raw_examples", "r1"), ("synthetic_examples", "s1")]
+        ),
+    )
     record(db, Materialization("train_split", "t1", "c1", "run1", parents=[("cleaned_examples", "k1")]))
     record(db, Materialization("raw_examples", "r2", "c1", "run2", parents=[("file:data/raw/a.jsonl", "f2")]))
 
@@ -40,8 +45,14 @@ def test_trace_and_impact_walk_the_graph(tmp_path):
 def test_rerecording_is_idempotent_and_members_are_replaced(tmp_path):
     db = tmp_path / "lineage.duckdb"
     members = pa.table(
-        {"position": [0, 1], "example_id": ["a", "b"], "group_id": ["g", "g"], "file": ["f.jsonl"] * 2, "line": [1, 2],
-         "source_id": [None, "a"]}
+        {
+            "position": [0, 1],
+            "example_id": ["a", "b"],
+            "group_id": ["g", "g"],
+            "file": ["f.jsonl"] * 2,
+            "line": [1, 2],
+            "source_id": [None, "a"],
+        }
     )
     m = Materialization("train_split", "t1", "c1", "run1", parents=[("cleaned_examples", "k1")])
     record(db, m, members)

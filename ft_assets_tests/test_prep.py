@@ -143,12 +143,17 @@ def test_splits_are_group_aware_deterministic_and_follow_ratios(tmp_path):
     assert not groups["validation"] & groups["test"]
     # 100 groups of 4 rows, each group placed by hash: within 3 standard deviations of the ratios.
     assert abs(result["train"]["rows"] - 320) <= 48 and abs(result["test"]["rows"] - 40) <= 36
-    assert other != result or (tmp_path / "s3" / "test.jsonl").read_bytes() != (tmp_path / "s1" / "test.jsonl").read_bytes()
+    assert (
+        other != result
+        or (tmp_path / "s3" / "test.jsonl").read_bytes() != (tmp_path / "s1" / "test.jsonl").read_bytes()
+    )
 
 
 def test_synthetic_variants_follow_their_source_group(tmp_path):
     rows = _grouped_rows(200)
-    variants = [chat(f"Paraphrased invoice {i}", "Category: C0", group=f"g-{i // 4}", source_id=f"ex-{i}") for i in range(200)]
+    variants = [
+        chat(f"Paraphrased invoice {i}", "Category: C0", group=f"g-{i // 4}", source_id=f"ex-{i}") for i in range(200)
+    ]
     path = write_jsonl(tmp_path / "in.jsonl", rows + variants)
     clean([path], tmp_path / "clean")
     split(tmp_path / "clean", tmp_path / "out", SplitConfig())
@@ -180,8 +185,18 @@ def test_preference_rows_are_cleaned_and_split(tmp_path):
 
 def test_prep_cli_writes_the_promised_files_byte_identically(shipped_raw, tmp_path):
     for out in ("a", "b"):
-        command = [sys.executable, "-m", "ft_assets.cli", "prep", str(shipped_raw), "--out", str(tmp_path / out), "--seed", "7"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        command = [
+            sys.executable,
+            "-m",
+            "ft_assets.cli",
+            "prep",
+            str(shipped_raw),
+            "--out",
+            str(tmp_path / out),
+            "--seed",
+            "7",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "rejected 6" in result.stdout
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl"):

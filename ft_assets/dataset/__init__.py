@@ -1,0 +1,1 @@
+"""Data preparation: validation, cleaning, de-duplication and splits, and their assets."""

@@ -51,8 +51,13 @@ class SplitsConfig(dg.Config):
 
 
 def _snapshot(
-    context: dg.AssetExecutionContext, asset: str, folder: str, pattern: str, artifacts: ArtifactStore,
-    lineage: LineageStore, config: dg.Config,
+    context: dg.AssetExecutionContext,
+    asset: str,
+    folder: str,
+    pattern: str,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+    config: dg.Config,
 ) -> dg.Output[ArtifactRef]:
     from ft_assets.dataset.snapshot import snapshot
 
@@ -165,7 +170,10 @@ def cleaned_examples(
             "tokens_per_example": dg.MetadataValue.json(report["tokens"]),
             "per_file": markdown_table(report["files"], ["path", "read", "kept", "rejected"]),
             "rejected_rows": markdown_table(
-                [{"file": r["file"], "line": r["line"], "reasons": ", ".join(r["reasons"]), "raw": r["raw"]} for r in rejected],
+                [
+                    {"file": r["file"], "line": r["line"], "reasons": ", ".join(r["reasons"]), "raw": r["raw"]}
+                    for r in rejected
+                ],
                 ["file", "line", "reasons", "raw"],
             ),
             "preview": chat_preview(preview),
@@ -233,22 +241,31 @@ def splits(
                 shutil.move(Path(scratch, f"{name}.members.parquet"), staging / "members.parquet")
                 ref = artifacts.publish(staging, asset)
             context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
-            metadata = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
+            metadata = lineage.record(
+                context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet")
+            )
             yield dg.Output(
-                ref, output_name=asset, data_version=dg.DataVersion(ref.version), metadata={**metadata, **_split_metadata(ref)}
+                ref,
+                output_name=asset,
+                data_version=dg.DataVersion(ref.version),
+                metadata={**metadata, **_split_metadata(ref)},
             )
 
 
 MIN_TRAIN_EXAMPLES = 10
 
 
-@dg.asset_check(asset="train_split", blocking=True, description=f"train_split holds at least {MIN_TRAIN_EXAMPLES} examples.")
+@dg.asset_check(
+    asset="train_split", blocking=True, description=f"train_split holds at least {MIN_TRAIN_EXAMPLES} examples."
+)
 def train_split_has_enough_examples(train_split: ArtifactRef) -> dg.AssetCheckResult:
     """Fail when there is too little to train on."""
     import pyarrow.parquet as pq
 
     rows = pq.read_metadata(train_split.file("members.parquet")).num_rows
-    return dg.AssetCheckResult(passed=rows >= MIN_TRAIN_EXAMPLES, metadata={"rows": rows, "minimum": MIN_TRAIN_EXAMPLES})
+    return dg.AssetCheckResult(
+        passed=rows >= MIN_TRAIN_EXAMPLES, metadata={"rows": rows, "minimum": MIN_TRAIN_EXAMPLES}
+    )
 
 
 @dg.asset_check(

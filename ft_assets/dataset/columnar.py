@@ -103,8 +103,9 @@ def _parse(block: bytes) -> pa.Table:
 def parse_lines(
     lines: ChunkLines, candidates: np.ndarray, first_block: bytes | None = None
 ) -> tuple[list[tuple[np.ndarray, pa.Table]], np.ndarray]:
-    """Parse the candidate lines in as few Arrow calls as possible; return (line indices, table) parts and the
-    indices of lines left unparsed.
+    """Parse the candidate lines in as few Arrow calls as possible.
+
+    Returns (line indices, table) parts and the indices of lines left unparsed.
 
     On an error naming a row, that row and its neighbours are set aside and both sides are
     parsed again. A type clash on a label column (an integer ``id``, say) first sets aside
@@ -221,8 +222,11 @@ _FLAGS = _byte_table(
 
 
 def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Flag contents the Python path must see (empty, to trim, control characters, markdown in
-    answers), and contents holding a character that JSON escapes."""
+    """Flag contents the Python path must see, and contents holding a character that JSON escapes.
+
+    The Python path must see contents that are empty, need trimming, hold control characters, or
+    (answers only) hold markdown.
+    """
     data, offsets = string_buffers(content)
     starts, ends = offsets[:-1], offsets[1:]
     flagged = ends <= starts
@@ -288,8 +292,9 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     row_of = np.repeat(np.arange(n_rows), np.diff(offsets))
     ok &= np.bincount(row_of[bad_message], minlength=n_rows) == 0
     ok &= np.bincount(row_of[role == ROLE_CODES["assistant"]], minlength=n_rows) > 0
-    characters = np.bincount(row_of, weights=pc.utf8_length(content).fill_null(0).to_numpy(zero_copy_only=False),
-                             minlength=n_rows).astype(np.int64)
+    characters = np.bincount(
+        row_of, weights=pc.utf8_length(content).fill_null(0).to_numpy(zero_copy_only=False), minlength=n_rows
+    ).astype(np.int64)
     tokens = -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * lengths + TOKENS_PER_REPLY
     ok &= tokens <= max_tokens
     keep_messages = np.repeat(ok, np.diff(offsets))
@@ -315,9 +320,7 @@ def _blank_others(lines: ChunkLines, candidates: np.ndarray) -> bytes:
     return block.tobytes()
 
 
-def fast_rows(
-    lines: ChunkLines, max_tokens: int, strip_markdown: bool
-) -> FastRows:
+def fast_rows(lines: ChunkLines, max_tokens: int, strip_markdown: bool) -> FastRows:
     """Parse and validate the candidate lines of a chunk; return the rows accepted (the rest go to Python)."""
     candidates = candidate_lines(lines)
     parts, _ = parse_lines(lines, candidates, _blank_others(lines, candidates))

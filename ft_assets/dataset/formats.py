@@ -13,9 +13,7 @@ from typing import Any, Literal
 Format = Literal["chat", "preference"]
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
-MESSAGE_KEYS = frozenset(
-    {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"}
-)
+MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"})
 CHAT_PASSTHROUGH_KEYS = ("tools", "parallel_tool_calls")
 
 REASONS: dict[str, str] = {

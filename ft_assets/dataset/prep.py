@@ -116,6 +116,7 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
     only safe from a process that has not yet run threads holding locks (the ``prep`` command).
     """
     if count <= 1 or tasks <= 1:
+
         def run_here(function: Callable[[Any], Any], items: list[Any]) -> Callable[[], list[Any]]:
             results = [function(item) for item in items]
             return lambda: results
@@ -217,8 +218,9 @@ class _Scanned:
         return _column(self.results, name)[~self.duplicate]
 
     def write(self, run: Runner, outputs: list[Path]) -> Callable[[], list[Any]]:
-        """Start writing every surviving row into ``outputs[target]``, in input order, on the workers;
-        return the function that waits for the writes.
+        """Start writing every surviving row into ``outputs[target]``, in input order, on the workers.
+
+        Returns the function that waits for the writes, so the caller can work meanwhile.
         """
         tasks = plan_routes(
             [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
@@ -412,7 +414,9 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
     for result in results:
         chunk_line_base.append(line_base[result.task.file_index])
         line_base[result.task.file_index] += result.lines
-    row_file = np.concatenate([np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)])
+    row_file = np.concatenate(
+        [np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)]
+    )
     row_line = np.concatenate(
         [r.index()["line"].to_numpy() + base for r, base in zip(results, chunk_line_base, strict=True)]
         or [np.zeros(0, np.int64)]
@@ -503,14 +507,18 @@ def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: boo
     group_hash = pq.read_table(index_path, columns=["group_hash"]).column(0).to_numpy()
     assignment = assign_splits(group_hash, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handles = [open(out_dir / f"{name}.jsonl", "wb") for name in SPLITS]
-    writers = []
-    if members:
-        schema = pq.read_schema(index_path)
-        member_schema = pa.schema([schema.field(c) for c in MEMBER_COLUMNS]).append(pa.field("position", pa.int64()))
-        writers = [pq.ParquetWriter(out_dir / f"{name}.members.parquet", member_schema) for name in SPLITS]
     counts = np.bincount(assignment, minlength=3)
-    try:
+    with ExitStack() as stack:
+        handles = [stack.enter_context(open(out_dir / f"{name}.jsonl", "wb")) for name in SPLITS]
+        writers = []
+        if members:
+            schema = pq.read_schema(index_path)
+            fields = [schema.field(c) for c in MEMBER_COLUMNS]
+            member_schema = pa.schema(fields).append(pa.field("position", pa.int64()))
+            writers = [
+                stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.members.parquet", member_schema))
+                for name in SPLITS
+            ]
         row = 0
         for lines in _line_blocks(cleaned_dir / CLEANED):
             target = assignment[row : row + len(lines)]
@@ -521,15 +529,9 @@ def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: boo
             raise RuntimeError(f"{cleaned_dir / CLEANED} has {row} rows but its index {len(assignment)}")
         if members:
             _write_members(pq.ParquetFile(index_path), assignment, writers)
-    finally:
-        for handle in handles:
-            handle.close()
-        for writer in writers:
-            writer.close()
     tokens = pq.read_table(index_path, columns=["tokens"]).column(0).to_numpy()
     return {
-        name: {"rows": int(counts[i]), "tokens": int(tokens[assignment == i].sum())}
-        for i, name in enumerate(SPLITS)
+        name: {"rows": int(counts[i]), "tokens": int(tokens[assignment == i].sum())} for i, name in enumerate(SPLITS)
     }
 
 
@@ -561,7 +563,8 @@ def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]
 
     columns = ("example_id", "group_id", "norm_hash")
     values = {
-        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns)) for name, folder in split_folders.items()
+        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns))
+        for name, folder in split_folders.items()
     }
     found: dict[tuple[str, str], int] = {}
     names = list(values)

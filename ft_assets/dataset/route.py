@@ -37,7 +37,9 @@ def _copy_range(source: int, target: int, count: int, offset: int) -> None:
 
 def route_chunk(task: RouteTask) -> None:
     """Write one chunk's surviving rows into every output at the planned offsets."""
-    for part, keep, sizes, output, offset in zip(task.parts, task.keep, task.sizes, task.outputs, task.offsets, strict=True):
+    for part, keep, sizes, output, offset in zip(
+        task.parts, task.keep, task.sizes, task.outputs, task.offsets, strict=True
+    ):
         if not len(sizes):
             continue
         target = os.open(output, os.O_WRONLY)
@@ -56,7 +58,11 @@ def route_chunk(task: RouteTask) -> None:
 
 
 def plan_routes(
-    parts: list[list[Path]], rows_per_chunk: list[int], keep: np.ndarray, targets: np.ndarray, sizes: np.ndarray,
+    parts: list[list[Path]],
+    rows_per_chunk: list[int],
+    keep: np.ndarray,
+    targets: np.ndarray,
+    sizes: np.ndarray,
     outputs: list[Path],
 ) -> list[RouteTask]:
     """Return one task per chunk and create the outputs at their final sizes.
@@ -73,8 +79,13 @@ def plan_routes(
         keeps = tuple(keep[chunk][mask] for mask in masks)
         part_sizes = tuple(sizes[chunk][mask] for mask in masks)
         tasks.append(
-            RouteTask(tuple(str(p) for p in chunk_parts), keeps, part_sizes, tuple(str(o) for o in outputs),
-                      tuple(position.tolist()))
+            RouteTask(
+                tuple(str(p) for p in chunk_parts),
+                keeps,
+                part_sizes,
+                tuple(str(o) for o in outputs),
+                tuple(position.tolist()),
+            )
         )
         position += [int(s[k].sum()) for s, k in zip(part_sizes, keeps, strict=True)]
     for output, total in zip(outputs, position.tolist(), strict=True):

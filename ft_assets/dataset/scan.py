@@ -9,6 +9,7 @@ adds the chunk's first line number when it merges them.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 import xxhash
+from pyarrow import feather
 
 from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, string_buffers
 from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
@@ -89,7 +90,7 @@ class ChunkResult:
     _index: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def index(self) -> pa.Table:
-        """The chunk's index of kept rows, memory-mapped on first use."""
+        """Return the chunk's index of kept rows, memory-mapped on first use."""
         if self._index is None:
             self._index = feather.read_table(self.path("index.arrow"), memory_map=True)
         return self._index
@@ -105,22 +106,22 @@ def clean_messages(messages: list[dict[str, Any]], markdown: bool) -> tuple[list
     cleaned = []
     for message in messages:
         content = message.get("content")
-        if type(content) is str:
-            text = content
-            if "\r" in text:
-                text = text.replace("\r\n", "\n")
-                fixes |= FIX_NEWLINES
-            if markdown and message["role"] == "assistant" and has_markdown(text):
-                stripped = strip_markdown(text)
-                if stripped != text.strip():
-                    fixes |= FIX_MARKDOWN
-                text = stripped
-            trimmed = text.strip()
-            if trimmed != text:
-                fixes |= FIX_WHITESPACE
-            if trimmed != content:
-                message = {**message, "content": trimmed}
-        cleaned.append(message)
+        if type(content) is not str:
+            cleaned.append(message)
+            continue
+        text = content
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+            fixes |= FIX_NEWLINES
+        if markdown and message["role"] == "assistant" and has_markdown(text):
+            stripped = strip_markdown(text)
+            if stripped != text.strip():
+                fixes |= FIX_MARKDOWN
+            text = stripped
+        trimmed = text.strip()
+        if trimmed != text:
+            fixes |= FIX_WHITESPACE
+        cleaned.append({**message, "content": trimmed} if trimmed != content else message)
     return cleaned, fixes
 
 
@@ -179,7 +180,9 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
     return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id)
 
 
-def _scan_line(line: bytes, number: int, config: CleanConfig, reasons: Counter[str], rejected: list[bytes]) -> tuple[Any, ...] | None:
+def _scan_line(
+    line: bytes, number: int, config: CleanConfig, reasons: Counter[str], rejected: list[bytes]
+) -> tuple[Any, ...] | None:
     """Validate and clean one line on the reference (per-line) path; return its kept fields or None."""
     fmt = config.format
     raw = line[:-1] if line.endswith(b"\r") else line
@@ -240,7 +243,7 @@ def normalized_hashes(payload: pa.Array) -> np.ndarray:
     hash64 = xxhash.xxh3_64_intdigest
     away = NORMALIZED_AWAY
     bounds = lowered_offsets.tolist()
-    normalized = [hash64(text[a:b].translate(None, away)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    normalized = [hash64(text[a:b].translate(None, away)) for a, b in itertools.pairwise(bounds)]
     return np.array(normalized, dtype=np.uint64)
 
 
@@ -318,7 +321,9 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             "source_id": combined(fast.source_id, slow[4], pa.string()),
             "tokens": np.concatenate([fast.tokens, np.asarray(slow[1], dtype=np.int64)])[order.to_numpy()],
             "norm_hash": norm_hash,
-            "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[order.to_numpy()],
+            "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[
+                order.to_numpy()
+            ],
             "group_hash": group_hash,
             "size": np.diff(string_buffers(payload)[1]) + 1,
             "target": targets,

@@ -39,7 +39,12 @@ def snapshot(source: Path, dest: Path, pattern: str) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         files.append(
-            {"name": relative, "bytes": target.stat().st_size, "lines": _count_lines(target), "sha256": file_sha256(target)}
+            {
+                "name": relative,
+                "bytes": target.stat().st_size,
+                "lines": _count_lines(target),
+                "sha256": file_sha256(target),
+            }
         )
     manifest = {
         "source": str(source),

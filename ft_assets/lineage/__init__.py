@@ -1,0 +1,1 @@
+"""The lineage database: what each version was made from, and queries over it."""

@@ -108,7 +108,9 @@ def _is_lock_error(error: Exception) -> bool:
 
 
 @contextmanager
-def connect(path: str | Path, *, read_only: bool = False, timeout_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    path: str | Path, *, read_only: bool = False, timeout_s: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the lineage database, waiting (with jittered backoff) while another process holds it.
 
     The schema is created on first use. The connection is closed on exit; keep the block short.
@@ -155,7 +157,8 @@ def record(path: str | Path, materialization: Materialization, members: Any = No
         )
         for parent_asset, parent_version in m.parents:
             connection.execute(
-                "INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)", [m.asset, m.data_version, parent_asset, parent_version]
+                "INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)",
+                [m.asset, m.data_version, parent_asset, parent_version],
             )
         if members is not None:
             connection.execute("DELETE FROM members WHERE asset = ? AND data_version = ?", [m.asset, m.data_version])

@@ -1,0 +1,1 @@
+"""Synthetic examples generated from raw examples and source documents."""
