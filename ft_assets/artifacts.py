@@ -8,6 +8,7 @@ touched, so every path recorded in lineage stays loadable. No dagster import her
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -77,3 +78,31 @@ def publish(folder: Path, asset: str) -> ArtifactRef:
                 raise
             shutil.rmtree(folder)
     return ArtifactRef(asset=asset, version=version, path=str(final.resolve()))
+
+
+def inputs_key(**parts: object) -> str:
+    """Return a hash of everything an artifact is made from (input versions, config, code version)."""
+    canonical = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def _index_file(root: str | Path, asset: str, key: str) -> Path:
+    return Path(root) / asset / "by-inputs" / f"{key}.json"
+
+
+def find_by_inputs(root: str | Path, asset: str, key: str) -> ArtifactRef | None:
+    """Return the artifact already made from the inputs with this key, if it is still on disk."""
+    index = _index_file(root, asset, key)
+    if not index.exists():
+        return None
+    ref = ArtifactRef(**json.loads(index.read_text()))
+    return ref if Path(ref.path).is_dir() else None
+
+
+def remember_inputs(root: str | Path, asset: str, key: str, ref: ArtifactRef) -> None:
+    """Note that the artifact ``ref`` was made from the inputs with this key (atomic write)."""
+    index = _index_file(root, asset, key)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    temporary = index.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    temporary.write_text(json.dumps({"asset": ref.asset, "version": ref.version, "path": ref.path}))
+    os.replace(temporary, index)

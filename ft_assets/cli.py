@@ -143,6 +143,43 @@ def example(example_id: str, as_json: bool, db: str) -> None:
         click.echo(f"{row['asset']}@{row['data_version']}  position {row['position']}  from {origin}")
 
 
+EVAL_COLUMNS = (
+    ("model", "model", "{}"),
+    ("model_version", "version", "{}"),
+    ("n", "n", "{}"),
+    ("exact_match", "exact", "{:.3f}"),
+    ("token_accuracy", "token acc", "{:.3f}"),
+    ("loss", "loss", "{:.3f}"),
+    ("latency_p50_ms", "p50 ms", "{:.1f}"),
+    ("latency_p95_ms", "p95 ms", "{:.1f}"),
+    ("cost_per_1k_requests_usd", "$/1k req", "{:.4f}"),
+)
+
+
+@main.command(name="eval")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+def eval_command(as_json: bool, db: str) -> None:
+    """Show the latest evaluation table: every model evaluated on the newest test split version."""
+    from ft_assets.lineage.queries import latest_evaluations
+
+    if not Path(db).exists():
+        raise click.ClickException(f"no lineage database at {db}: materialize evaluation_table first")
+    rows = latest_evaluations(db)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        raise click.ClickException(f"no evaluation is recorded in {db}: materialize evaluation_table first")
+    table = [[label for _, label, _ in EVAL_COLUMNS]]
+    for row in rows:
+        table.append(["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in EVAL_COLUMNS])
+    widths = [max(len(line[i]) for line in table) for i in range(len(EVAL_COLUMNS))]
+    click.echo(f"test split {rows[0]['test_split_version']}")
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
 @lineage.command(name="sync")
 @click.option("--db", default=DEFAULT_DB, show_default=True)
 def sync_command(db: str) -> None:

@@ -15,26 +15,43 @@ from ft_assets.dataset.assets import (
     splits_format_valid,
     train_split_has_enough_examples,
 )
+from ft_assets.evaluation.assets import adapter_beats_base, evaluation_table
 from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
 from ft_assets.synthetic.assets import synthetic_examples
+from ft_assets.training.assets import (
+    TrainingLauncher,
+    base_model,
+    lora_adapter,
+    merged_model,
+    merged_model_matches_adapter,
+)
 
 ARTIFACTS_ROOT = os.environ.get("FT_ASSETS_ARTIFACTS", "data/artifacts")
 LINEAGE_DB = os.environ.get("FT_ASSETS_LINEAGE_DB", "data/lineage.duckdb")
+LOCAL_GROUPS = ("data", "training", "evaluation")
 
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.groups("data"),
-    description="Materialize the whole local graph: raw and synthetic data, cleaning and splits.",
+    selection=dg.AssetSelection.groups(*LOCAL_GROUPS),
+    description="Materialize the whole local graph: data, splits, base model, LoRA adapter, merged model, evaluation.",
     executor_def=dg.in_process_executor,
 )
 
 defs = dg.Definitions(
-    assets=[raw_examples, source_documents, synthetic_examples, cleaned_examples, splits],
-    asset_checks=[train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid],
+    assets=[
+        raw_examples, source_documents, synthetic_examples, cleaned_examples, splits,
+        base_model, lora_adapter, merged_model, evaluation_table,
+    ],
+    asset_checks=[
+        train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid,
+        merged_model_matches_adapter, adapter_beats_base,
+    ],
     jobs=[main_job],
     resources={
         "artifacts": ArtifactStore(root=ARTIFACTS_ROOT),
         "lineage": LineageStore(path=LINEAGE_DB),
         "io_manager": ArtifactIOManager(root=ARTIFACTS_ROOT),
+        "pipes_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncher(),
     },
-)
+)  # fmt: skip

@@ -56,3 +56,11 @@ def chat_preview(rows: Iterable[Mapping[str, Any]]) -> dg.MetadataValue:
             answer = (row.get("preferred_output") or [{}])[0].get("content", "")
         table.append({"user": user, "assistant": answer})
     return markdown_table(table, ["user", "assistant"])
+
+
+def image(path: Path, alt: str) -> dg.MetadataValue:
+    """Return a PNG file as Markdown with the picture inline, so the UI shows it."""
+    import base64
+
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from ft_assets.artifacts import ArtifactRef, publish, staging
+from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging
 
 POINTER = "latest.json"
 
@@ -30,6 +30,14 @@ class ArtifactStore(dg.ConfigurableResource):
     def publish(self, folder: Path, asset: str) -> ArtifactRef:
         """Hash the staging folder and move it into place."""
         return publish(folder, asset)
+
+    def made_from(self, asset: str, key: str) -> ArtifactRef | None:
+        """Return the artifact of ``asset`` already made from the inputs with this key, if any."""
+        return find_by_inputs(self.root, asset, key)
+
+    def remember(self, asset: str, key: str, ref: ArtifactRef) -> None:
+        """Note that ``ref`` was made from the inputs with this key, so a rerun can reuse it."""
+        remember_inputs(self.root, asset, key, ref)
 
 
 class LineageStore(dg.ConfigurableResource):
@@ -72,6 +80,15 @@ class LineageStore(dg.ConfigurableResource):
             "path": dg.MetadataValue.path(ref.path),
             "data_version": ref.version,
         }
+
+    def record_evaluations(self, rows: list[dict[str, Any]]) -> None:
+        """Write evaluation rows (one per model version and test split version) to the ``evaluations`` table."""
+        from datetime import UTC, datetime
+
+        from ft_assets.lineage.store import record_evaluations
+
+        now = datetime.now(UTC).isoformat()
+        record_evaluations(self.path, [{"created_at": now, **row} for row in rows])
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):

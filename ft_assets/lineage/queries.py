@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,24 @@ def splits_with_example(db: str | Path, example_id: str) -> list[dict[str, Any]]
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
+    """Return the evaluation rows of the newest evaluated test split version, best exact match first."""
+    with connect(db, read_only=True) as connection:
+        if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluations'").fetchone()[
+            0
+        ]:
+            return []
+        cursor = connection.execute(
+            """
+            SELECT * EXCLUDE (created_at), created_at::VARCHAR AS created_at FROM evaluations
+            WHERE test_split_version = (SELECT test_split_version FROM evaluations ORDER BY created_at DESC LIMIT 1)
+            ORDER BY exact_match DESC NULLS LAST, model
+            """
+        )
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["field_accuracy"] = json.loads(row["field_accuracy"] or "{}")
+    return rows

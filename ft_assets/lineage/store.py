@@ -5,6 +5,7 @@ Tables (see README for the SQL):
   artifact path, time, config hash and config).
 - ``edges``: child version <- parent version, for every input a materialization used.
 - ``members``: which examples (id, group, source file/line or source example) a split version holds.
+- ``evaluations``: one row per (model version, test split version): the metrics of that model on that split.
 
 DuckDB lets one process write a file at a time, so every call opens a short-lived connection
 and retries while another process holds the lock. Nothing here imports dagster.
@@ -13,6 +14,7 @@ and retries while another process holds the lock. Nothing here imports dagster.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -42,6 +44,27 @@ CREATE TABLE IF NOT EXISTS edges (
     parent_asset VARCHAR NOT NULL,
     parent_version VARCHAR NOT NULL,
     PRIMARY KEY (child_asset, child_version, parent_asset, parent_version)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    model VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    test_split_version VARCHAR NOT NULL,
+    provider VARCHAR NOT NULL,
+    n INTEGER NOT NULL,
+    exact_match DOUBLE,
+    field_accuracy VARCHAR,
+    token_accuracy DOUBLE,
+    loss DOUBLE,
+    perplexity DOUBLE,
+    latency_p50_ms DOUBLE,
+    latency_p95_ms DOUBLE,
+    output_tokens_mean DOUBLE,
+    cost_per_1k_requests_usd DOUBLE,
+    evaluated_by VARCHAR NOT NULL,
+    evaluation_version VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (model, model_version, test_split_version)
 );
 CREATE TABLE IF NOT EXISTS members (
     asset VARCHAR NOT NULL,
@@ -172,3 +195,28 @@ def record(path: str | Path, materialization: Materialization, members: Any = No
             )
             connection.unregister("new_members")
         connection.execute("COMMIT")
+
+
+EVALUATION_COLUMNS = (
+    "model", "model_version", "test_split_version", "provider", "n", "exact_match", "field_accuracy",
+    "token_accuracy", "loss", "perplexity", "latency_p50_ms", "latency_p95_ms", "output_tokens_mean",
+    "cost_per_1k_requests_usd", "evaluated_by", "evaluation_version", "run_id", "created_at",
+)  # fmt: skip
+
+
+def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write evaluation rows; a row for the same model version and test split version replaces the old one."""
+    placeholders = ", ".join("?" for _ in EVALUATION_COLUMNS)
+    values = []
+    for row in rows:
+        stored = {**row, "field_accuracy": json.dumps(row.get("field_accuracy") or {}, sort_keys=True)}
+        values.append([_finite(stored.get(column)) for column in EVALUATION_COLUMNS])
+    with connect(path) as connection:
+        connection.execute("BEGIN TRANSACTION")
+        connection.executemany(f"INSERT OR REPLACE INTO evaluations VALUES ({placeholders})", values)
+        connection.execute("COMMIT")
+
+
+def _finite(value: Any) -> Any:
+    """Store NaN and infinities as NULL (unknown), everything else as it is."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

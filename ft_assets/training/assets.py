@@ -1,0 +1,378 @@
+"""Training assets: the base model, the LoRA adapter (trained out of process through Dagster Pipes), the merged model.
+
+Each asset first looks for an artifact already made from the same input versions, config and
+code (``ArtifactStore.made_from``): a rerun with nothing changed reuses it instead of training
+again. Metadata is read back from the artifact folder, so a reused artifact shows the same.
+"""
+
+import json
+import sys
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ft_assets.artifacts import ArtifactRef, inputs_key
+from ft_assets.code_versions import source_version
+from ft_assets.metadata import image, markdown_table
+from ft_assets.resources import ArtifactStore, LineageStore
+
+GROUP = "training"
+BASE_CODE = source_version("ft_assets.training.base_model")
+LORA_CODE = source_version("ft_assets.training.lora", "ft_assets.training.lora_pipes", "ft_assets.training.assets")
+MERGE_CODE = source_version("ft_assets.training.merge")
+BUILTIN_SOURCE = "builtin"
+BUILTIN_LEARNING_RATE = 2e-2
+PRETRAINED_LEARNING_RATE = 2e-4
+PARITY_TOLERANCE = 1e-4
+
+
+class BaseModelConfig(dg.Config):
+    """Which base model to fine-tune: the built-in tiny Llama (default) or a Hugging Face id / local path."""
+
+    source: str = Field(
+        BUILTIN_SOURCE, description="'builtin' (a small Llama built offline), a hub id or a local path."
+    )
+    allow_download: bool = Field(False, description="Let a hub id be downloaded (otherwise only the local cache).")
+    seed: int = Field(0, description="Seed of the built-in model's initialisation and pretraining.")
+    vocab_size: int = Field(1024, description="Built-in model: tokenizer vocabulary size.")
+    hidden_size: int = Field(128, description="Built-in model: hidden size.")
+    intermediate_size: int = Field(256, description="Built-in model: MLP size.")
+    layers: int = Field(2, description="Built-in model: decoder layers.")
+    heads: int = Field(4, description="Built-in model: attention heads.")
+    pretrain_epochs: int = Field(
+        10, description="Built-in model: epochs of causal-LM pretraining on the prompts (0: none)."
+    )
+    pretrain_learning_rate: float = Field(3e-3, description="Built-in model: pretraining learning rate.")
+
+
+class LoraAdapterConfig(dg.Config):
+    """LoRA (peft) and trainer (trl SFTTrainer) settings."""
+
+    r: int = Field(16, description="LoRA rank.")
+    alpha: int = Field(32, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="Modules that get LoRA matrices.")
+    epochs: float = Field(12.0, description="Training epochs.")
+    learning_rate: float | None = Field(
+        None,
+        description=f"Learning rate; default {BUILTIN_LEARNING_RATE} for the built-in model, "
+        f"{PRETRAINED_LEARNING_RATE} for a pretrained one.",
+    )
+    batch_size: int = Field(8, description="Examples per device per step.")
+    gradient_accumulation: int = Field(1, description="Steps accumulated per optimizer update.")
+    max_length: int = Field(512, description="Longest tokenized example (longer ones are truncated).")
+    warmup: float = Field(0.05, description="Warmup: a share of the steps (< 1) or a number of steps.")
+    seed: int = Field(0, description="Training seed.")
+    early_stopping_patience: int | None = Field(
+        None, description="Stop after this many epochs without a better eval loss."
+    )
+    quantization: Literal["none", "4bit"] = Field("none", description="'4bit' for QLoRA (needs CUDA and bitsandbytes).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16/fp16 on GPU."
+    )
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    """How the training process is started: plain Python by default, or e.g. ``accelerate launch`` / ``torchrun``."""
+
+    launcher: list[str] = Field(
+        default_factory=list,
+        description="Command that starts the training module, e.g. ['accelerate', 'launch'] or "
+        "['torchrun', '--nproc-per-node', '4']; empty: this Python interpreter.",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the process.")
+
+    def command(self, module: str, *args: str) -> list[str]:
+        """Return the command line that runs ``module`` with ``args``."""
+        if self.launcher:
+            return [*self.launcher, "-m", module, *args]
+        return [sys.executable, "-m", module, *args]
+
+
+def _spec(config: BaseModelConfig) -> Any:
+    from ft_assets.training.base_model import TinyModelSpec
+
+    values = config.model_dump()
+    return TinyModelSpec(**{f.name: values[f.name] for f in fields(TinyModelSpec) if f.name in values})
+
+
+def _reuse(context: dg.AssetExecutionContext, artifacts: ArtifactStore, asset: str, key: str) -> ArtifactRef | None:
+    ref = artifacts.made_from(asset, key)
+    if ref is not None:
+        context.log.info(f"{asset}: inputs, config and code unchanged; reusing {ref.path}")
+    return ref
+
+
+def _output(
+    context: dg.AssetExecutionContext,
+    ref: ArtifactRef,
+    parents: list[ArtifactRef],
+    config: dg.Config,
+    lineage: LineageStore,
+    reused: bool,
+    metadata: dict[str, Any],
+) -> dg.Output[ArtifactRef]:
+    recorded = lineage.record(context, ref, parents, config)
+    return dg.Output(ref, data_version=dg.DataVersion(ref.version), metadata={**recorded, "reused": reused, **metadata})
+
+
+def _base_metadata(ref: ArtifactRef) -> dict[str, Any]:
+    summary = json.loads(ref.file("summary.json").read_text())
+    metadata: dict[str, Any] = {"summary": dg.MetadataValue.json(summary), "source": summary["source"]}
+    if "parameters" in summary:
+        metadata["parameters"] = summary["parameters"]
+    if ref.file("pretraining_loss.png").exists():
+        metadata["pretraining_loss_curve"] = image(ref.file("pretraining_loss.png"), "pretraining loss")
+    return metadata
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=BASE_CODE,
+    kinds={"pytorch"},
+    description="The model to fine-tune. Default: a small Llama built offline (BPE tokenizer trained on the train "
+    "split, seeded init, short pretraining on the prompts only). Or a Hugging Face id / local path.",
+)
+def base_model(
+    context: dg.AssetExecutionContext,
+    config: BaseModelConfig,
+    train_split: ArtifactRef,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+) -> dg.Output[ArtifactRef]:
+    """Build (or reference) the base model and save it as an artifact."""
+    builtin = config.source == BUILTIN_SOURCE
+    key = inputs_key(code=BASE_CODE, config=config.model_dump(), train=train_split.version if builtin else None)
+    ref = _reuse(context, artifacts, "base_model", key)
+    reused = ref is not None
+    if ref is None:
+        from ft_assets.plots import loss_curve
+        from ft_assets.training.base_model import BaseModelError, build_tiny_model, reference_pretrained
+        from ft_assets.training.lora import read_rows
+
+        with artifacts.stage("base_model") as staging:
+            try:
+                if builtin:
+                    summary = build_tiny_model(
+                        read_rows(train_split.file("data.jsonl")), staging, _spec(config), context.log.info
+                    )
+                else:
+                    summary = reference_pretrained(config.source, staging, config.allow_download, context.log.info)
+            except BaseModelError as error:
+                raise dg.Failure(f"base_model: {error}") from error
+            summary.pop("seconds", None)
+            (staging / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            history = staging / "pretraining_history.json"
+            if history.exists() and json.loads(history.read_text()):
+                points = [(h["step"], h["loss"]) for h in json.loads(history.read_text())]
+                loss_curve({"pretraining": points}, staging / "pretraining_loss.png", "base model pretraining")
+            ref = artifacts.publish(staging, "base_model")
+        artifacts.remember("base_model", key, ref)
+    parents = [train_split] if builtin else []
+    return _output(context, ref, parents, config, lineage, reused, _base_metadata(ref))
+
+
+def _settings(config: LoraAdapterConfig, base: ArtifactRef) -> Any:
+    from ft_assets.training.lora import LoraSettings
+
+    values = config.model_dump()
+    if values["learning_rate"] is None:
+        builtin = json.loads(base.file("summary.json").read_text())["source"].startswith("builtin")
+        values["learning_rate"] = BUILTIN_LEARNING_RATE if builtin else PRETRAINED_LEARNING_RATE
+    values["target_modules"] = tuple(values["target_modules"])
+    return LoraSettings(**values)
+
+
+def model_card(base: ArtifactRef, train: ArtifactRef, validation: ArtifactRef, summary: dict[str, Any]) -> str:
+    """Return the adapter's model card: what it was trained from, and how."""
+    settings = summary["settings"]
+    rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(settings.items()) if name != "extra")
+    return f"""# LoRA adapter (ft-assets)
+
+Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on assistant tokens only).
+
+| made from | version |
+|---|---|
+| base_model | {base.version} |
+| train_split | {train.version} ({summary["train_examples"]} examples) |
+| validation_split | {validation.version} ({summary["validation_examples"]} examples) |
+
+Device {summary["device"]}, precision {summary["precision"]}; {summary["steps"]} steps; final train loss
+{summary["final_train_loss"]}, final eval loss {summary["final_eval_loss"]}; {summary["tokens_per_second"]} tokens/s.
+
+| hyperparameter | value |
+|---|---|
+{rows}
+
+Load it with `PeftModel.from_pretrained(base, "<this folder>")` on top of the base model folder above.
+"""
+
+
+def _lora_metadata(ref: ArtifactRef) -> dict[str, Any]:
+    summary = json.loads(ref.file("training_summary.json").read_text())
+    history = json.loads(ref.file("training_history.json").read_text())
+    table = [
+        {"step": h["step"], "epoch": h["epoch"], "loss": h.get("loss", ""), "eval_loss": h.get("eval_loss", ""),
+         "learning_rate": h.get("learning_rate", "")}
+        for h in history
+    ]  # fmt: skip
+    return {
+        "tokens_per_second": summary["tokens_per_second"],
+        "train_seconds": summary["train_seconds"],
+        "final_train_loss": summary["final_train_loss"],
+        "final_eval_loss": summary["final_eval_loss"],
+        "trainable_parameters": summary["trainable_parameters"],
+        "device": summary["device"],
+        "precision": summary["precision"],
+        "hyperparameters": dg.MetadataValue.json(summary["settings"]),
+        "loss_table": markdown_table(table, ["step", "epoch", "loss", "eval_loss", "learning_rate"]),
+        "loss_curve": image(ref.file("loss_curve.png"), "training loss"),
+        "model_card": dg.MetadataValue.md(ref.file("README.md").read_text()),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=LORA_CODE,
+    kinds={"pytorch"},
+    description="A LoRA adapter (peft) trained with trl's SFTTrainer on train_split, evaluated on validation_split "
+    "each epoch. Training runs in its own process through Dagster Pipes; progress streams into the run's logs.",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: LoraAdapterConfig,
+    base_model: ArtifactRef,
+    train_split: ArtifactRef,
+    validation_split: ArtifactRef,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+    pipes_client: dg.PipesSubprocessClient,
+    training_launcher: TrainingLauncher,
+) -> dg.Output[ArtifactRef]:
+    """Train the adapter out of process, write its model card and loss curve, and publish it."""
+    settings = _settings(config, base_model)
+    versions = {"base": base_model.version, "train": train_split.version, "validation": validation_split.version}
+    key = inputs_key(code=LORA_CODE, settings=asdict(settings), **versions)
+    ref = _reuse(context, artifacts, "lora_adapter", key)
+    reused = ref is not None
+    if ref is None:
+        ref = _train(
+            context, settings, base_model, train_split, validation_split, artifacts, pipes_client, training_launcher
+        )
+        artifacts.remember("lora_adapter", key, ref)
+    return _output(
+        context, ref, [base_model, train_split, validation_split], config, lineage, reused, _lora_metadata(ref)
+    )
+
+
+def _train(
+    context: dg.AssetExecutionContext,
+    settings: Any,
+    base: ArtifactRef,
+    train: ArtifactRef,
+    validation: ArtifactRef,
+    artifacts: ArtifactStore,
+    pipes_client: dg.PipesSubprocessClient,
+    launcher: TrainingLauncher,
+) -> ArtifactRef:
+    from ft_assets.plots import loss_curve
+
+    with artifacts.stage("lora_adapter") as staging, tempfile.TemporaryDirectory(dir=staging.parent) as scratch:
+        job = {
+            "base_dir": base.path,
+            "train_path": str(train.file("data.jsonl")),
+            "validation_path": str(validation.file("data.jsonl")) if _has_rows(validation) else None,
+            "out_dir": str(staging),
+            "scratch": scratch,
+            "settings": asdict(settings),
+        }
+        job_file = Path(scratch) / "job.json"
+        job_file.write_text(json.dumps(job, indent=2))
+        command = launcher.command("ft_assets.training.lora_pipes", str(job_file))
+        context.log.info(f"lora_adapter: starting {' '.join(command)}")
+        pipes_client.run(context=context, command=command, env=launcher.env or None)
+        if not (staging / "training_summary.json").exists():
+            raise dg.Failure("lora_adapter: the training process ended without saving an adapter; see its log above")
+        summary = json.loads((staging / "training_summary.json").read_text())
+        history = json.loads((staging / "training_history.json").read_text())
+        loss_curve(
+            {
+                "train": [(h["step"], h["loss"]) for h in history if "loss" in h],
+                "validation": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
+            },
+            staging / "loss_curve.png",
+            "LoRA training",
+        )
+        (staging / "README.md").write_text(model_card(base, train, validation, summary))
+        return artifacts.publish(staging, "lora_adapter")
+
+
+def _has_rows(split: ArtifactRef) -> bool:
+    return split.file("data.jsonl").stat().st_size > 0
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=MERGE_CODE,
+    kinds={"pytorch", "safetensors"},
+    description="base_model with lora_adapter folded into its weights (merge_and_unload), saved as safetensors "
+    "with its tokenizer: loads with plain transformers, no peft needed.",
+)
+def merged_model(
+    context: dg.AssetExecutionContext,
+    base_model: ArtifactRef,
+    lora_adapter: ArtifactRef,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+) -> dg.Output[ArtifactRef]:
+    """Merge the adapter into the base model."""
+    key = inputs_key(code=MERGE_CODE, base=base_model.version, adapter=lora_adapter.version)
+    ref = _reuse(context, artifacts, "merged_model", key)
+    reused = ref is not None
+    if ref is None:
+        from ft_assets.training.merge import MergeError, merge_adapter
+
+        with artifacts.stage("merged_model") as staging:
+            try:
+                summary = merge_adapter(base_model.path, lora_adapter.path, staging)
+            except MergeError as error:
+                raise dg.Failure(f"merged_model: {error}") from error
+            (staging / "merge_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            ref = artifacts.publish(staging, "merged_model")
+        artifacts.remember("merged_model", key, ref)
+    summary = json.loads(ref.file("merge_summary.json").read_text())
+    return _output(context, ref, [base_model, lora_adapter], {}, lineage, reused, summary)
+
+
+@dg.asset_check(
+    asset="merged_model",
+    additional_ins={"base_model": dg.AssetIn("base_model"), "lora_adapter": dg.AssetIn("lora_adapter"),
+                    "test_split": dg.AssetIn("test_split")},
+    blocking=True,
+    description=f"The merged model reloads with plain transformers, answers a test prompt, and its logits match "
+    f"base + adapter on fixed test prompts (max abs difference <= {PARITY_TOLERANCE}).",
+)  # fmt: skip
+def merged_model_matches_adapter(
+    merged_model: ArtifactRef, base_model: ArtifactRef, lora_adapter: ArtifactRef, test_split: ArtifactRef
+) -> dg.AssetCheckResult:
+    """Compare merged and base + adapter logits, and let the reloaded merged model answer one prompt."""
+    from ft_assets.evaluation.runners import eval_cases, load_model, run_local
+    from ft_assets.training.lora import read_rows
+    from ft_assets.training.merge import PARITY_PROMPTS, logits_difference
+
+    cases = eval_cases(read_rows(test_split.file("data.jsonl")))[:PARITY_PROMPTS]
+    if not cases:
+        return dg.AssetCheckResult(passed=False, metadata={"error": "test_split holds no chat example to compare on"})
+    model, tokenizer = load_model(base_model.path, merged_dir=merged_model.path)
+    prompts = [tokenizer.apply_chat_template(c.prompt, tokenize=False, add_generation_prompt=True) for c in cases]
+    difference = logits_difference(base_model.path, lora_adapter.path, merged_model.path, prompts)
+    answer = run_local(model, tokenizer, cases[:1], log=lambda _: None).answers[0]
+    return dg.AssetCheckResult(
+        passed=difference <= PARITY_TOLERANCE and bool(answer),
+        metadata={"max_abs_logit_difference": difference, "tolerance": PARITY_TOLERANCE, "prompts": len(prompts),
+                  "reloaded_answer": answer, "gold_answer": cases[0].gold},
+    )  # fmt: skip
