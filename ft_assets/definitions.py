@@ -37,6 +37,13 @@ main_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+data_job = dg.define_asset_job(
+    "data",
+    selection=dg.AssetSelection.groups("data"),
+    description="Materialize the data assets only: raw and synthetic examples, cleaning and splits.",
+    executor_def=dg.in_process_executor,
+)
+
 defs = dg.Definitions(
     assets=[
         raw_examples, source_documents, synthetic_examples, cleaned_examples, splits,
@@ -46,7 +53,7 @@ defs = dg.Definitions(
         train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid,
         merged_model_matches_adapter, adapter_beats_base,
     ],
-    jobs=[main_job],
+    jobs=[main_job, data_job],
     resources={
         "artifacts": ArtifactStore(root=ARTIFACTS_ROOT),
         "lineage": LineageStore(path=LINEAGE_DB),

@@ -33,7 +33,7 @@ def project(tmp_path):
 
 def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     artifacts = str(project / "artifacts")
-    job = defs.resolve_job_def("main")
+    job = defs.resolve_job_def("data")
     return job.execute_in_process(
         instance=instance,
         raise_on_error=raise_on_error,
@@ -58,7 +58,7 @@ def _versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     }
 
 
-def test_main_job_materializes_data_assets_with_checks_and_lineage(project):
+def test_data_job_materializes_data_assets_with_checks_and_lineage(project):
     with dg.DagsterInstance.ephemeral() as instance:
         result = _materialize(project, instance)
         assert result.success

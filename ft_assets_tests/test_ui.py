@@ -21,19 +21,25 @@ ROOT = Path(__file__).resolve().parent.parent
 WEBSERVER = Path(sys.executable).parent / "dagster-webserver"
 STARTUP_TIMEOUT_S = 90.0
 
-DATA_ASSETS = {
-    "raw_examples",
-    "source_documents",
-    "synthetic_examples",
-    "cleaned_examples",
-    "train_split",
-    "validation_split",
-    "test_split",
+GROUPS = {
+    "raw_examples": "data",
+    "source_documents": "data",
+    "synthetic_examples": "data",
+    "cleaned_examples": "data",
+    "train_split": "data",
+    "validation_split": "data",
+    "test_split": "data",
+    "base_model": "training",
+    "lora_adapter": "training",
+    "merged_model": "training",
+    "evaluation_table": "evaluation",
 }
 EXPECTED_CHECKS = {
     "train_split": {"train_split_has_enough_examples", "format_valid"},
     "validation_split": {"format_valid"},
     "test_split": {"splits_do_not_overlap", "format_valid"},
+    "merged_model": {"merged_model_matches_adapter"},
+    "evaluation_table": {"adapter_beats_base"},
 }
 
 WORKSPACE_QUERY = """
@@ -178,11 +184,10 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         _stop(process)
 
 
-def test_ui_lists_data_assets_and_checks(webserver: Webserver) -> None:
+def test_ui_lists_the_assets_in_their_groups_with_their_checks(webserver: Webserver) -> None:
     nodes = graphql(webserver.url, ASSETS_QUERY)["assetNodes"]
     groups = {"/".join(node["assetKey"]["path"]): node["groupName"] for node in nodes}
-    assert {key for key, group in groups.items() if group == "data"} == DATA_ASSETS
-    assert {key: groups[key] for key in DATA_ASSETS} == dict.fromkeys(DATA_ASSETS, "data")
+    assert groups == GROUPS
 
     checks: dict[str, set[str]] = {}
     for node in nodes:

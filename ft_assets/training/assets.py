@@ -289,12 +289,18 @@ def _train(
             "out_dir": str(staging),
             "scratch": scratch,
             "settings": asdict(settings),
+            "error_file": str(Path(scratch) / "error.txt"),
         }
         job_file = Path(scratch) / "job.json"
         job_file.write_text(json.dumps(job, indent=2))
         command = launcher.command("ft_assets.training.lora_pipes", str(job_file))
         context.log.info(f"lora_adapter: starting {' '.join(command)}")
-        pipes_client.run(context=context, command=command, env=launcher.env or None)
+        try:
+            pipes_client.run(context=context, command=command, env=launcher.env or None)
+        except Exception as error:  # any Pipes client: a local process exit, a remote job failure
+            cause = Path(job["error_file"])
+            reason = cause.read_text() if cause.exists() else f"{error} (see the process output above)"
+            raise dg.Failure(f"lora_adapter: training failed: {reason}") from error
         if not (staging / "training_summary.json").exists():
             raise dg.Failure("lora_adapter: the training process ended without saving an adapter; see its log above")
         summary = json.loads((staging / "training_summary.json").read_text())

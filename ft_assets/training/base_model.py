@@ -136,7 +136,7 @@ def _pretrain(
             schedule.step()
             optimizer.zero_grad()
             step += 1
-            history.append({"step": step, "epoch": epoch + 1, "loss": float(loss)})
+            history.append({"step": step, "epoch": epoch + 1, "loss": loss.item()})
         log(f"pretraining epoch {epoch + 1}/{spec.pretrain_epochs}: loss {history[-1]['loss']:.3f} ({n_blocks} blocks)")
     model.eval()
     return history

@@ -1,6 +1,7 @@
 """The LoRA training process, launched by Dagster Pipes: ``python -m ft_assets.training.lora_pipes JOB.json``.
 
-The job file names the base model folder, the splits, the output folder and the settings. Every
+The job file names the base model folder, the splits, the output folder, the settings and a file
+that receives the error if training fails (so the asset can say why). Every
 process reads it, so launchers that start several (``accelerate launch``, ``torchrun``) work;
 only the first process (rank 0) talks to Dagster: training progress goes to the Dagster log as
 it happens and the summary comes back as a custom message. Run without Dagster, it logs to
@@ -49,14 +50,19 @@ def main(argv: list[str]) -> int:
         session: Any = open_dagster_pipes()
     else:
         session = nullcontext()
-    with session as pipes:
-        if pipes is not None:
-            summary = run_job(job, pipes.log.info)
-            pipes.report_custom_message({"training_summary": summary})
-        else:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-            logger = logging.getLogger("ft_assets.lora")
-            run_job(job, logger.info if first_process else logger.debug)
+    try:
+        with session as pipes:
+            if pipes is not None:
+                summary = run_job(job, pipes.log.info)
+                pipes.report_custom_message({"training_summary": summary})
+            else:
+                logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+                logger = logging.getLogger("ft_assets.lora")
+                run_job(job, logger.info if first_process else logger.debug)
+    except Exception as error:
+        if first_process and job.get("error_file"):
+            Path(job["error_file"]).write_text(f"{type(error).__name__}: {error}")
+        raise
     return 0
 
 

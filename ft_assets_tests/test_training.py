@@ -1,0 +1,160 @@
+"""The training core on a tiny model: tokenizer and base model, LoRA training, merging, evaluation runners."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ft_assets.evaluation.runners import eval_cases, few_shot_examples, load_model, run_local, with_shots
+from ft_assets.training.base_model import (
+    BaseModelError,
+    TinyModelSpec,
+    build_tiny_model,
+    model_location,
+    reference_pretrained,
+)
+from ft_assets.training.lora import LoraSettings, TrainingError, read_rows, train_lora
+from ft_assets.training.merge import MergeError, logits_difference, merge_adapter
+from ft_assets_tests.conftest import chat, write_jsonl
+
+TINY = TinyModelSpec(vocab_size=320, hidden_size=32, intermediate_size=64, layers=1, heads=2, pretrain_epochs=1)
+FAST = LoraSettings(r=4, alpha=8, epochs=1, learning_rate=1e-2, batch_size=8)
+CATEGORIES = ["Travel", "Software", "Utilities"]
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [
+        chat(
+            f"Invoice {i} from vendor {CATEGORIES[i % 3].lower()}co", f"Category: {CATEGORIES[i % 3]}\nVendor: V{i % 3}"
+        )
+        for i in range(offset, offset + n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("training")
+    train = write_jsonl(root / "train.jsonl", _rows(24))
+    validation = write_jsonl(root / "validation.jsonl", _rows(6, offset=100))
+    build_tiny_model(read_rows(train), root / "base", TINY, log=lambda _: None)
+    summary = train_lora(root / "base", train, validation, root / "adapter", FAST, log=lambda _: None)
+    merge_adapter(root / "base", root / "adapter", root / "merged")
+    return {"root": root, "train": train, "validation": validation, "summary": summary}  # type: ignore[dict-item]
+
+
+def test_builtin_tokenizer_has_a_chat_template_with_generation_markers(trained):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained["root"] / "base")
+    assert "{% generation %}" in tokenizer.chat_template
+    messages = [{"role": "user", "content": "Invoice 7"}, {"role": "assistant", "content": "Category: Travel"}]
+    encoded = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    answer = [t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True) if m]
+    assert tokenizer.decode(answer) == "Category: Travel<|end|>"
+
+
+def test_builtin_model_is_deterministic_for_a_seed(tmp_path):
+    rows = _rows(12)
+    build_tiny_model(rows, tmp_path / "a", TINY, log=lambda _: None)
+    build_tiny_model(rows, tmp_path / "b", TINY, log=lambda _: None)
+    build_tiny_model(rows, tmp_path / "c", TinyModelSpec(**{**TINY.__dict__, "seed": 1}), log=lambda _: None)
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in "abc"]
+    assert weights[0] == weights[1]
+    assert weights[0] != weights[2]
+
+
+def test_builtin_model_refuses_an_empty_corpus(tmp_path):
+    with pytest.raises(BaseModelError, match="no text"):
+        build_tiny_model([], tmp_path / "empty", TINY)
+
+
+def test_lora_training_saves_an_adapter_with_history_and_throughput(trained):
+    adapter = trained["root"] / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    summary = trained["summary"]
+    assert summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["tokens_per_second"] > 0 and summary["steps"] == 3
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
+    history = json.loads((adapter / "training_history.json").read_text())
+    assert any("eval_loss" in entry for entry in history)
+
+
+def test_qlora_and_gpu_precisions_fail_clearly_without_cuda(trained):
+    for settings, message in (
+        (LoraSettings(quantization="4bit"), "needs a CUDA GPU"),
+        (LoraSettings(precision="bf16"), "no CUDA device"),
+    ):
+        with pytest.raises(TrainingError, match=message):
+            train_lora(trained["root"] / "base", trained["train"], None, trained["root"] / "never", settings)
+
+
+def test_preference_rows_are_refused_for_sft(trained, tmp_path):
+    preference = {
+        "input": {"messages": [{"role": "user", "content": "q"}]},
+        "preferred_output": [],
+        "non_preferred_output": [],
+    }
+    path = write_jsonl(tmp_path / "pref.jsonl", [preference])
+    with pytest.raises(TrainingError, match="preference rows"):
+        train_lora(trained["root"] / "base", path, None, tmp_path / "out", FAST)
+
+
+def test_merged_logits_match_base_plus_adapter_and_it_reloads(trained):
+    root = trained["root"]
+    assert (root / "merged" / "model.safetensors").exists()
+    prompts = ["<|user|>Invoice 3 from vendor travelco<|end|><|assistant|>", "<|user|>Invoice 4<|end|><|assistant|>"]
+    assert logits_difference(root / "base", root / "adapter", root / "merged", prompts) <= 1e-4
+    model, tokenizer = load_model(root / "base", merged_dir=root / "merged")
+    result = run_local(model, tokenizer, eval_cases(_rows(2)), max_new_tokens=8, log=lambda _: None)
+    assert len(result.answers) == 2 and all(t > 0 for t in result.output_tokens)
+
+
+def test_merge_refuses_a_quantized_base(trained, tmp_path):
+    base = tmp_path / "quantized"
+    base.mkdir()
+    config = json.loads((trained["root"] / "base" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MergeError, match="quantized"):
+        merge_adapter(base, trained["root"] / "adapter", tmp_path / "merged")
+
+
+def test_a_local_pretrained_model_is_referenced_not_copied(trained, tmp_path):
+    summary = reference_pretrained(
+        str(trained["root"] / "merged"), tmp_path / "ref", allow_download=False, log=lambda _: None
+    )
+    assert summary["model_type"] == "llama"
+    location, kwargs = model_location(tmp_path / "ref")
+    assert location == str((trained["root"] / "merged").resolve()) and kwargs == {}
+    assert not (tmp_path / "ref" / "model.safetensors").exists()
+
+
+def test_an_unknown_hub_id_fails_without_downloading(tmp_path):
+    with pytest.raises(BaseModelError, match="downloads are off"):
+        reference_pretrained("nobody/no-such-model", tmp_path / "ref", allow_download=False, log=lambda _: None)
+
+
+def test_few_shot_prompt_puts_shots_after_the_system_message():
+    case = eval_cases([chat("Invoice X", "Category: Travel")])[0]
+    shots = few_shot_examples(_rows(10), 2, seed=0)
+    prompt = with_shots(case, shots).prompt
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt[-1]["content"] == "Invoice X"
+    assert few_shot_examples(_rows(10), 2, seed=0) == shots
+
+
+def test_runner_measures_loss_lower_for_the_adapter_than_for_the_base(trained):
+    root = trained["root"]
+    cases = eval_cases(read_rows(trained["train"]))[:6]
+    golds = [c.gold for c in cases]
+    torch.manual_seed(0)
+    base = run_local(*load_model(root / "base"), cases, max_new_tokens=6, log=lambda _: None).row(golds)
+    adapted = run_local(
+        *load_model(root / "base", adapter_dir=root / "adapter"), cases, max_new_tokens=6, log=lambda _: None
+    )
+    row = adapted.row(golds)
+    assert row["loss"] < base["loss"]
+    assert row["n"] == 6 and 0 <= row["token_accuracy"] <= 1 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
