@@ -158,3 +158,11 @@ def test_runner_measures_loss_lower_for_the_adapter_than_for_the_base(trained):
     row = adapted.row(golds)
     assert row["loss"] < base["loss"]
     assert row["n"] == 6 and 0 <= row["token_accuracy"] <= 1 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
+
+
+def test_early_stopping_keeps_the_best_checkpoint(trained, tmp_path):
+    settings = LoraSettings(r=4, alpha=8, epochs=3, learning_rate=1e-2, batch_size=8, early_stopping_patience=1)
+    summary = train_lora(trained["root"] / "base", trained["train"], trained["validation"], tmp_path / "a", settings)
+    assert summary["best_eval_loss"] is not None and summary["steps"] <= 9
+    assert (tmp_path / "a" / "adapter_model.safetensors").exists()
+    assert not list(tmp_path.glob("a/checkpoint-*")), "checkpoints stay in scratch, out of the artifact"
