@@ -16,7 +16,7 @@ from ft_assets.dataset.assets import (
     train_split_has_enough_examples,
 )
 from ft_assets.evaluation.assets import adapter_beats_base, evaluation_table
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
+from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets.synthetic.assets import synthetic_examples
 from ft_assets.training.assets import (
     TrainingLauncher,
@@ -60,5 +60,6 @@ defs = dg.Definitions(
         "io_manager": ArtifactIOManager(root=ARTIFACTS_ROOT),
         "pipes_client": dg.PipesSubprocessClient(),
         "training_launcher": TrainingLauncher(),
+        "llm": LLMResource.from_environment(cache_dir=os.environ.get("FT_ASSETS_LLM_CACHE", "data/cache/llm")),
     },
 )  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging
 
@@ -117,3 +118,65 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         if not Path(ref.path).exists():
             raise dg.Failure(f"artifact folder {ref.path} of {key.to_user_string()} is gone: re-materialize it")
         return ref
+
+
+def _from_env(name: str) -> dg.EnvVar | None:
+    """Return ``EnvVar(name)`` when the variable is set, else None (so an unset variable means 'not configured')."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+class LLMResource(dg.ConfigurableResource):
+    """Azure OpenAI, OpenAI or an OpenAI-compatible server, through the real ``openai`` client.
+
+    Credentials come only from environment variables (``from_environment``): the key is never
+    logged, stored in metadata or written to an artifact. With none set, assets that need a
+    model skip or fall back to their offline path, naming the variables to set.
+    """
+
+    azure_endpoint: str | None = Field(None, description="AZURE_OPENAI_ENDPOINT")
+    api_key: str | None = Field(None, description="AZURE_OPENAI_API_KEY, or OPENAI_API_KEY without an Azure endpoint")
+    api_version: str | None = Field(None, description="OPENAI_API_VERSION (Azure)")
+    base_url: str | None = Field(None, description="OPENAI_BASE_URL: an OpenAI-compatible server (vLLM, Ollama)")
+    use_entra_id: bool = Field(False, description="Azure: authenticate with Entra ID (azure-identity) instead of a key")
+    timeout_s: float = Field(60.0, description="Timeout of one request")
+    chat_model: str = Field("gpt-4o-mini", description="Model (Azure: deployment) that generates synthetic data")
+    input_usd_per_1m: float = Field(0.15, description="Price of a million input tokens of chat_model")
+    output_usd_per_1m: float = Field(0.60, description="Price of a million output tokens of chat_model")
+    cache_dir: str = Field("data/cache/llm", description="Folder of cached responses (a repeated request is free)")
+
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> LLMResource:
+        """Build the resource from the standard environment variables (as ``EnvVar``s, never their values)."""
+        azure = _from_env("AZURE_OPENAI_ENDPOINT")
+        key = _from_env("AZURE_OPENAI_API_KEY") if azure else _from_env("OPENAI_API_KEY")
+        values: dict[str, Any] = {
+            "azure_endpoint": azure,
+            "api_key": key,
+            "api_version": _from_env("OPENAI_API_VERSION"),
+            "base_url": None if azure else _from_env("OPENAI_BASE_URL"),
+        }
+        return cls(**{**values, **overrides})
+
+    def client_settings(self) -> Any:
+        """Return the pure client settings (``ft_assets.llm.client.ClientSettings``)."""
+        from ft_assets.llm.client import ClientSettings
+
+        provider = None
+        if self.use_entra_id and self.azure_endpoint and not self.api_key:
+            provider = _entra_id_token_provider()
+        return ClientSettings(
+            azure_endpoint=self.azure_endpoint,
+            api_key=self.api_key,
+            api_version=self.api_version,
+            base_url=self.base_url,
+            token_provider=provider,
+            timeout_s=self.timeout_s,
+        )
+
+
+def _entra_id_token_provider() -> Any:
+    try:
+        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+    except ImportError as error:
+        raise dg.Failure("use_entra_id needs azure-identity: pip install azure-identity") from error
+    return get_bearer_token_provider(DefaultAzureCredential(), "https://cognitiveservices.azure.com/.default")

@@ -10,7 +10,7 @@ from ft_assets.definitions import defs
 from ft_assets.lineage import queries
 from ft_assets.lineage.store import connect
 from ft_assets.lineage.sync import sync
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
+from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets_tests.conftest import ROOT
 
 DATA_ASSETS = [
@@ -41,6 +41,7 @@ def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bo
             "artifacts": ArtifactStore(root=artifacts),
             "io_manager": ArtifactIOManager(root=artifacts),
             "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+            "llm": LLMResource(cache_dir=str(project / "llm-cache")),
         },
         run_config={
             "ops": {

@@ -11,7 +11,7 @@ import pytest
 
 from ft_assets.definitions import defs
 from ft_assets.lineage import queries
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore
+from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets.training.assets import TrainingLauncher
 from ft_assets_tests.conftest import ROOT
 
@@ -39,6 +39,7 @@ def _run(project: Path, instance: dg.DagsterInstance, lora: dict | None = None) 
             "artifacts": ArtifactStore(root=artifacts),
             "io_manager": ArtifactIOManager(root=artifacts),
             "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+            "llm": LLMResource(cache_dir=str(project / "llm-cache")),
             "pipes_client": dg.PipesSubprocessClient(),
             "training_launcher": TrainingLauncher(),
         },

@@ -1,0 +1,210 @@
+"""Synthetic chat examples: which requests to make, and how answers become examples. No dagster import here.
+
+Three modes: ``paraphrase`` rewrites the user turn of raw examples and keeps their answer;
+``documents`` turns term/definition entries of the source documents into question/answer
+chats; ``distill`` lets a teacher model answer the prompts of raw examples. Every request asks
+for JSON of a fixed schema; an answer that is not that JSON, or is empty or unchanged, becomes a
+rejection with a reason. Each example records its source (so splits keep it in the source's
+group) and its generator (provider, model, prompt hash, temperature, seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ft_assets.dataset.formats import check_chat
+from ft_assets.llm.calls import ChatRequest
+
+Mode = Literal["paraphrase", "documents", "distill"]
+
+PROMPTS: dict[str, str] = {
+    "paraphrase": (
+        "You rewrite training examples. Rewrite the message you are given so that it says the same thing with "
+        "different wording and layout. Keep every name, number, date and amount exactly. Reply with JSON: "
+        '{"text": "<the rewritten message>"}.'
+    ),
+    "documents": (
+        "You write training data from reference documents. Given one entry (a term and its definition), write "
+        "one question a user could ask about it and the answer, using only the entry. Reply with JSON: "
+        '{"question": "...", "answer": "..."}.'
+    ),
+    "distill": (
+        "Answer the conversation's last user message as the assistant would. Reply with JSON: "
+        '{"answer": "<the assistant reply>"}.'
+    ),
+}
+FIELDS: dict[str, tuple[str, ...]] = {
+    "paraphrase": ("text",),
+    "documents": ("question", "answer"),
+    "distill": ("answer",),
+}
+_DEFINITION = re.compile(r"^\s*([A-Z][\w &/'-]{0,60}?)\s*:\s+(\S.*)$")
+
+
+def response_format(mode: str) -> str:
+    """Return the JSON-schema response format of ``mode`` as canonical JSON."""
+    properties = {name: {"type": "string"} for name in FIELDS[mode]}
+    schema = {"type": "object", "properties": properties, "required": list(FIELDS[mode]), "additionalProperties": False}
+    return json.dumps(
+        {"type": "json_schema", "json_schema": {"name": f"synthetic_{mode}", "strict": True, "schema": schema}},
+        sort_keys=True,
+    )
+
+
+def prompt_hash(mode: str) -> str:
+    """Return a short hash of the instructions of ``mode`` (recorded with every example)."""
+    return hashlib.sha256((PROMPTS[mode] + response_format(mode)).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to generate and with which model."""
+
+    mode: Mode = "paraphrase"
+    model: str = "gpt-4o-mini"
+    variants: int = 1
+    max_sources: int | None = 40
+    temperature: float = 0.7
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One example to generate: its request, and what the answer is combined with."""
+
+    example_id: str
+    source_id: str
+    group: str
+    variant: int
+    mode: str
+    request: ChatRequest
+    system: str | None
+    kept_answer: str | None = None
+    original: str | None = None
+
+
+def usable_examples(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Return the raw chat rows that are valid and end with an assistant answer, with their source ids."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(row, dict) or "messages" not in row or check_chat(row):
+                    continue
+                messages = row["messages"]
+                if messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str):
+                    continue
+                source_id = str(row.get("id") or f"{path.name}:{number}")
+                rows.append({"source_id": source_id, "group": str(row.get("group") or source_id), "messages": messages})
+    return rows
+
+
+def document_entries(folder: Path) -> list[dict[str, str]]:
+    """Return the term/definition entries of the source documents (``Term: definition`` lines, CSV rows)."""
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as handle:
+                for row in csv.DictReader(handle):
+                    values = list(row.values())
+                    if values and values[0]:
+                        details = "; ".join(f"{k}: {v}" for k, v in list(row.items())[1:] if v)
+                        entries.append({"document": path.name, "term": values[0], "definition": details})
+        elif path.suffix in (".md", ".txt"):
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                match = _DEFINITION.match(line)
+                if match:
+                    entries.append({"document": path.name, "term": match.group(1), "definition": match.group(2)})
+    return entries
+
+
+def _example_id(*parts: object) -> str:
+    return "syn-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _system_of(messages: Sequence[dict[str, Any]]) -> str | None:
+    return messages[0]["content"] if messages and messages[0].get("role") == "system" else None
+
+
+def plan(settings: Settings, examples: Sequence[dict[str, Any]], entries: Sequence[dict[str, str]]) -> list[Planned]:
+    """Return the examples to generate for ``settings`` (deterministic)."""
+    mode = settings.mode
+    fmt = response_format(mode)
+    planned = []
+    sources: Sequence[Any] = entries if mode == "documents" else examples
+    task_system = _system_of(examples[0]["messages"]) if examples else None
+    for source in list(sources)[: settings.max_sources]:
+        for variant in range(settings.variants):
+            seed = settings.seed + variant
+            if mode == "documents":
+                source_id = f"{source['document']}#{source['term']}"
+                group = f"doc:{source_id}"
+                ask = f"Term: {source['term']}\nDefinition: {source['definition']}\n(question {variant + 1})"
+                messages = (("system", PROMPTS[mode]), ("user", ask))
+                system, kept, original = task_system, None, None
+            else:
+                source_id, group = source["source_id"], source["group"]
+                conversation = source["messages"]
+                system = _system_of(conversation)
+                if mode == "paraphrase":
+                    user = next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+                    messages = (("system", PROMPTS[mode]), ("user", f"{user}\n\n(rewrite {variant + 1})"))
+                    kept, original = conversation[-1]["content"], user
+                else:
+                    shown = [(m["role"], m["content"]) for m in conversation[:-1] if m["role"] != "system"]
+                    messages = (("system", PROMPTS[mode] + ("\n\n" + system if system else "")), *shown)
+                    kept, original = None, None
+            request = ChatRequest(settings.model, messages, settings.temperature, seed, fmt)
+            planned.append(
+                Planned(
+                    _example_id(mode, source_id, variant, request.body()), source_id, group, variant, mode, request,
+                    system, kept, original,
+                )
+            )  # fmt: skip
+    return planned
+
+
+def build_example(item: Planned, content: str | None, generator: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Return (example, "") from a model answer, or (None, reason) when the answer cannot be used."""
+    if content is None:
+        return None, "empty_response"
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError:
+        return None, "invalid_json"
+    if not isinstance(data, dict) or any(not isinstance(data.get(f), str) for f in FIELDS[item.mode]):
+        return None, "schema_mismatch"
+    if any(not data[f].strip() for f in FIELDS[item.mode]):
+        return None, "empty_field"
+    if item.mode == "paraphrase":
+        if data["text"].strip() == (item.original or "").strip():
+            return None, "unchanged"
+        turns = [("user", data["text"].strip()), ("assistant", item.kept_answer or "")]
+    elif item.mode == "documents":
+        turns = [("user", data["question"].strip()), ("assistant", data["answer"].strip())]
+    else:
+        shown = [(r, c) for r, c in item.request.messages[1:]]
+        turns = [*shown, ("assistant", data["answer"].strip())]
+    messages = ([{"role": "system", "content": item.system}] if item.system else []) + [
+        {"role": role, "content": text} for role, text in turns
+    ]
+    example = {
+        "id": item.example_id,
+        "group": item.group,
+        "source_id": item.source_id,
+        "messages": messages,
+        "generator": {**generator, "mode": item.mode, "variant": item.variant, "seed": item.request.seed,
+                      "temperature": item.request.temperature, "prompt_hash": prompt_hash(item.mode)},
+    }  # fmt: skip
+    return example, ""
