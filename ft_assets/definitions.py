@@ -6,6 +6,12 @@ import os
 
 import dagster as dg
 
+from ft_assets.azure.assets import (
+    azure_fine_tuned_model,
+    azure_finetune_job,
+    azure_finetune_sensor,
+    azure_training_files,
+)
 from ft_assets.dataset.assets import (
     cleaned_examples,
     raw_examples,
@@ -44,16 +50,24 @@ data_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+azure_job = dg.define_asset_job(
+    "azure_finetune",
+    selection=dg.AssetSelection.assets("azure_training_files", "azure_finetune_job"),
+    description="Upload the splits and start (or find) the Azure OpenAI fine-tuning job; the sensor follows it.",
+)
+
 defs = dg.Definitions(
     assets=[
         raw_examples, source_documents, synthetic_examples, cleaned_examples, splits,
         base_model, lora_adapter, merged_model, evaluation_table,
+        azure_training_files, azure_finetune_job, azure_fine_tuned_model,
     ],
     asset_checks=[
         train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid,
         merged_model_matches_adapter, adapter_beats_base,
     ],
-    jobs=[main_job, data_job],
+    jobs=[main_job, data_job, azure_job],
+    sensors=[azure_finetune_sensor],
     resources={
         "artifacts": ArtifactStore(root=ARTIFACTS_ROOT),
         "lineage": LineageStore(path=LINEAGE_DB),

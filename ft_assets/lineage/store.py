@@ -6,6 +6,7 @@ Tables (see README for the SQL):
 - ``edges``: child version <- parent version, for every input a materialization used.
 - ``members``: which examples (id, group, source file/line or source example) a split version holds.
 - ``evaluations``: one row per (model version, test split version): the metrics of that model on that split.
+- ``fine_tune_metrics``: per-step losses and token accuracies of an Azure fine-tuned model version.
 
 DuckDB lets one process write a file at a time, so every call opens a short-lived connection
 and retries while another process holds the lock. Nothing here imports dagster.
@@ -65,6 +66,16 @@ CREATE TABLE IF NOT EXISTS evaluations (
     run_id VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (model, model_version, test_split_version)
+);
+CREATE TABLE IF NOT EXISTS fine_tune_metrics (
+    model_version VARCHAR NOT NULL,
+    job_id VARCHAR NOT NULL,
+    step BIGINT NOT NULL,
+    train_loss DOUBLE,
+    train_mean_token_accuracy DOUBLE,
+    valid_loss DOUBLE,
+    valid_mean_token_accuracy DOUBLE,
+    PRIMARY KEY (model_version, step)
 );
 CREATE TABLE IF NOT EXISTS members (
     asset VARCHAR NOT NULL,
@@ -220,3 +231,17 @@ def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
 def _finite(value: Any) -> Any:
     """Store NaN and infinities as NULL (unknown), everything else as it is."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+METRIC_COLUMNS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def record_fine_tune_metrics(path: str | Path, model_version: str, job_id: str, rows: list[dict[str, Any]]) -> None:
+    """Write the per-step metrics of a fine-tuned model version (replacing earlier rows of that version)."""
+    values = [[model_version, job_id, int(row["step"]), *(_finite(row.get(c)) for c in METRIC_COLUMNS)] for row in rows]
+    with connect(path) as connection:
+        connection.execute("BEGIN TRANSACTION")
+        connection.execute("DELETE FROM fine_tune_metrics WHERE model_version = ?", [model_version])
+        if values:
+            connection.executemany("INSERT INTO fine_tune_metrics VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+        connection.execute("COMMIT")

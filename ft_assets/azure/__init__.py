@@ -1,0 +1,1 @@
+"""Azure OpenAI fine-tuning: training files, jobs, the fine-tuned model and its evaluation."""

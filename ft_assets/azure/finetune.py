@@ -1,0 +1,258 @@
+"""Azure OpenAI (or OpenAI) fine-tuning through the real ``openai`` client. No dagster import here.
+
+- ``estimate``: billed training tokens and cost before anything is uploaded (the OpenAI cookbook's
+  epoch rule: 3 epochs, more for small sets, fewer for huge ones; tokens per example capped);
+- ``upload``: idempotent: a file is named after its content hash and an already processed file
+  with that name is reused, so a restarted run uploads nothing twice;
+- ``find_or_create_job``: idempotent: a job created earlier for the same files and parameters
+  (tagged with their hash) is found and reused instead of creating a second one;
+- ``follow``: one short look at a job (status, new events since a cursor), for a sensor;
+- ``results``: the job's ``results.csv`` parsed into per-step metrics, and its checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ft_assets.dataset.text import estimate_tokens
+
+Log = Callable[[str], None]
+TARGET_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MIN_DEFAULT_EPOCHS = 1
+MAX_DEFAULT_EPOCHS = 25
+TERMINAL = {"succeeded", "failed", "cancelled"}
+KEY_FIELD = "ft_assets_key"
+
+
+class FineTuneError(RuntimeError):
+    """The service refused or failed the work; the message carries the service's own words."""
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the fine-tuning job is asked to do."""
+
+    model: str = "gpt-4o-mini-2024-07-18"
+    method: Literal["supervised", "dpo"] = "supervised"
+    n_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate_multiplier: float | None = None
+    beta: float | None = None
+    seed: int = 0
+    suffix: str | None = "ft-assets"
+    training_type: str | None = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Return the hyperparameters that are set (the service chooses the rest)."""
+        values = {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
+                  "learning_rate_multiplier": self.learning_rate_multiplier}  # fmt: skip
+        if self.method == "dpo":
+            values["beta"] = self.beta
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def default_epochs(n_examples: int) -> int:
+    """Return the epochs the service picks by default for a training set of ``n_examples``."""
+    if n_examples <= 0:
+        return TARGET_EPOCHS
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def _example_tokens(row: dict[str, Any]) -> int:
+    messages = row.get("messages") or row.get("input", {}).get("messages", [])
+    messages = [*messages, *row.get("preferred_output", []), *row.get("non_preferred_output", [])]
+    characters = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
+    return estimate_tokens(characters, len(messages))
+
+
+def estimate(
+    rows: Sequence[dict[str, Any]], n_epochs: int | None, price_per_1m_tokens: float, max_tokens_per_example: int
+) -> dict[str, Any]:
+    """Return the estimated billed training tokens and cost of training on ``rows``."""
+    tokens = [min(_example_tokens(row), max_tokens_per_example) for row in rows]
+    epochs = n_epochs or default_epochs(len(rows))
+    billed = sum(tokens) * epochs
+    return {
+        "examples": len(rows),
+        "epochs": epochs,
+        "tokens_per_epoch": sum(tokens),
+        "billed_tokens": billed,
+        "price_per_1m_tokens": price_per_1m_tokens,
+        "estimated_cost_usd": round(billed * price_per_1m_tokens / 1e6, 4),
+        "token_counts": "estimated (characters / 4 + 3 per message): no tokenizer download here",
+    }
+
+
+def file_name(split: str, version: str) -> str:
+    """Return the upload name of a split version (its content hash makes re-uploads findable)."""
+    return f"ft-assets-{split}-{version}.jsonl"
+
+
+def _processed(client: Any, file_id: str, log: Log, poll_s: float, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        uploaded = client.files.retrieve(file_id)
+        if uploaded.status == "processed":
+            return uploaded
+        if uploaded.status in ("error", "deleted"):
+            details = getattr(uploaded, "status_details", None) or "no details"
+            raise FineTuneError(f"the service rejected {uploaded.filename}: {uploaded.status} ({details})")
+        if time.monotonic() > deadline:
+            raise FineTuneError(f"{uploaded.filename} was not processed within {timeout_s:.0f} s ({uploaded.status})")
+        log(f"{uploaded.filename}: {uploaded.status}, waiting")
+        time.sleep(poll_s)
+
+
+def upload(
+    client: Any, path: Path, name: str, *, log: Log = print, poll_s: float = 2.0, timeout_s: float = 600.0
+) -> tuple[str, bool]:
+    """Upload ``path`` as ``name`` for fine-tuning unless a processed file of that name exists; wait until processed.
+
+    Returns (file id, whether it was uploaded now).
+    """
+    for existing in client.files.list(purpose="fine-tune"):
+        if existing.filename == name and existing.status not in ("error", "deleted"):
+            log(f"{name}: already uploaded as {existing.id}")
+            return _processed(client, existing.id, log, poll_s, timeout_s).id, False
+    with open(path, "rb") as handle:
+        created = client.files.create(file=(name, handle), purpose="fine-tune")
+    log(f"{name}: uploaded as {created.id}")
+    return _processed(client, created.id, log, poll_s, timeout_s).id, True
+
+
+def job_key(settings: JobSettings, training_file: str, validation_file: str | None) -> str:
+    """Return the hash of everything that defines a job (tagged on the job to find it again)."""
+    parts = {"settings": settings.__dict__, "training_file": training_file, "validation_file": validation_file}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def job_request(settings: JobSettings, training_file: str, validation_file: str | None) -> dict[str, Any]:
+    """Return the keyword arguments of ``fine_tuning.jobs.create``."""
+    request: dict[str, Any] = {
+        "model": settings.model,
+        "training_file": training_file,
+        "seed": settings.seed,
+        "method": {"type": settings.method, settings.method: {"hyperparameters": settings.hyperparameters()}},
+        "metadata": {KEY_FIELD: job_key(settings, training_file, validation_file)},
+    }
+    if validation_file:
+        request["validation_file"] = validation_file
+    if settings.suffix:
+        request["suffix"] = settings.suffix
+    if settings.training_type:
+        request["extra_body"] = {"trainingType": settings.training_type}
+    return request
+
+
+def find_job(client: Any, key: str, training_file: str, validation_file: str | None) -> Any | None:
+    """Return the newest reusable job made for this key (and files); failed or cancelled jobs do not count."""
+    for job in client.fine_tuning.jobs.list(limit=50):
+        metadata = getattr(job, "metadata", None) or {}
+        same_files = job.training_file == training_file and job.validation_file == validation_file
+        if metadata.get(KEY_FIELD) == key and same_files and job.status not in ("failed", "cancelled"):
+            return job
+    return None
+
+
+def find_or_create_job(
+    client: Any, settings: JobSettings, training_file: str, validation_file: str | None, log: Log = print
+) -> tuple[Any, bool]:
+    """Return (job, created now): the job already made for these files and settings, or a new one."""
+    key = job_key(settings, training_file, validation_file)
+    existing = find_job(client, key, training_file, validation_file)
+    if existing is not None:
+        log(f"found job {existing.id} ({existing.status}) already created for these files and settings")
+        return existing, False
+    job = client.fine_tuning.jobs.create(**job_request(settings, training_file, validation_file))
+    log(f"created fine-tuning job {job.id} ({job.status})")
+    return job, True
+
+
+@dataclass
+class JobUpdate:
+    """One look at a job: its status and the events since the cursor (oldest first)."""
+
+    job: Any
+    events: list[Any]
+    cursor: str | None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a final state."""
+        return self.job.status in TERMINAL
+
+    def failure(self) -> str | None:
+        """Return the service's error message when the job failed or was cancelled."""
+        if self.job.status == "cancelled":
+            return f"fine-tuning job {self.job.id} was cancelled"
+        if self.job.status != "failed":
+            return None
+        error = getattr(self.job, "error", None)
+        message = getattr(error, "message", None) if error else None
+        code = getattr(error, "code", None) if error else None
+        return f"fine-tuning job {self.job.id} failed: {message or 'no message'}" + (f" ({code})" if code else "")
+
+
+def follow(client: Any, job_id: str, cursor: str | None) -> JobUpdate:
+    """Return the job and its events newer than ``cursor`` (an event id), and the new cursor."""
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    events = []
+    for event in client.fine_tuning.jobs.list_events(job_id, limit=100):
+        if event.id == cursor:
+            break
+        events.append(event)
+    events.reverse()
+    return JobUpdate(job, events, events[-1].id if events else cursor)
+
+
+def parse_results(text: str) -> list[dict[str, float | None]]:
+    """Parse a ``results.csv`` (step, train/valid loss and token accuracy) into rows of numbers."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({key.strip(): _number(value) for key, value in row.items() if key})
+    return rows
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def results(client: Any, job: Any) -> tuple[list[dict[str, float | None]], list[dict[str, Any]]]:
+    """Return the per-step metrics of a finished job and its checkpoints."""
+    metrics: list[dict[str, float | None]] = []
+    for file_id in job.result_files or []:
+        content = client.files.content(file_id)
+        text = content.text if hasattr(content, "text") else content.read().decode()
+        if text.lstrip().startswith("step"):
+            metrics += parse_results(text)
+        else:
+            import base64
+
+            metrics += parse_results(base64.b64decode(text).decode())
+    checkpoints = [
+        {"id": c.id, "step": c.step_number, "model": c.fine_tuned_model_checkpoint,
+         "metrics": c.metrics.model_dump() if getattr(c, "metrics", None) else {}}
+        for c in _all(client.fine_tuning.jobs.checkpoints.list(job.id))
+    ]  # fmt: skip
+    return metrics, checkpoints
+
+
+def _all(pages: Iterable[Any]) -> list[Any]:
+    return list(pages)

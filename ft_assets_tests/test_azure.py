@@ -1,0 +1,164 @@
+"""Azure OpenAI fine-tuning through Dagster against the local stand-in: skip, upload, one job, sensor, results."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_assets.azure.assets import azure_finetune_sensor
+from ft_assets.azure.finetune import default_epochs, estimate, parse_results
+from ft_assets.definitions import defs
+from ft_assets.lineage import queries
+from ft_assets.lineage.store import connect
+from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
+from ft_assets_tests.conftest import ROOT
+from ft_assets_tests.standin import StandIn
+
+API_KEY = "azure-standin-key-93c2e1"
+AZURE = ["azure_training_files", "azure_finetune_job", "azure_fine_tuned_model"]
+
+
+def test_cookbook_epoch_rule_and_estimate():
+    assert default_epochs(10) == 10 and default_epochs(1000) == 3 and default_epochs(20_000) == 1
+    rows = [{"messages": [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "y" * 40}]}] * 50
+    cost = estimate(rows, None, price_per_1m_tokens=3.0, max_tokens_per_example=65_536)
+    assert cost["epochs"] == 3 and cost["tokens_per_epoch"] == 50 * (110 + 3 * 2 + 3)
+    assert cost["estimated_cost_usd"] == round(cost["billed_tokens"] * 3.0 / 1e6, 4)
+    assert parse_results("step,train_loss,valid_loss\n1,2.5,\n2,1.5,1.7\n") == [
+        {"step": 1.0, "train_loss": 2.5, "valid_loss": None},
+        {"step": 2.0, "train_loss": 1.5, "valid_loss": 1.7},
+    ]
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    shutil.copytree(ROOT / "data" / "raw", tmp_path / "raw")
+    shutil.copytree(ROOT / "data" / "sources", tmp_path / "sources")
+    return tmp_path
+
+
+def _resources(project: Path, llm: LLMResource) -> dict:
+    artifacts = str(project / "artifacts")
+    return {
+        "artifacts": ArtifactStore(root=artifacts),
+        "io_manager": ArtifactIOManager(root=artifacts),
+        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+        "llm": llm,
+    }
+
+
+def _run(
+    project: Path, llm: LLMResource, instance: dg.DagsterInstance, selection: list[str], **config
+) -> dg.ExecuteInProcessResult:
+    ops = {
+        "raw_examples": {"config": {"folder": str(project / "raw")}},
+        "source_documents": {"config": {"folder": str(project / "sources")}},
+        "synthetic_examples": {"config": {"max_sources": 0}},
+        **{name: {"config": value} for name, value in config.items()},
+    }
+    job = defs.get_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in selection})
+    return job.execute_in_process(
+        instance=instance, resources=_resources(project, llm), raise_on_error=False,
+        run_config={"ops": {k: v for k, v in ops.items() if k in selection}},
+    )  # fmt: skip
+
+
+DATA = ["raw_examples", "source_documents", "synthetic_examples", "cleaned_examples", "train_split",
+        "validation_split", "test_split"]  # fmt: skip
+
+
+def _azure_llm(server: StandIn, project: Path) -> LLMResource:
+    return LLMResource(azure_endpoint=server.azure_endpoint, api_key=API_KEY, api_version="2025-04-01-preview",
+                       cache_dir=str(project / "cache"))  # fmt: skip
+
+
+def _sensor_until_done(instance: dg.DagsterInstance, llm: LLMResource, limit: int = 20) -> tuple[dg.RunRequest, list]:
+    cursor = None
+    for _ in range(limit):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"llm": llm})
+        result = azure_finetune_sensor(context)
+        cursor = result.cursor
+        if result.run_requests:
+            return result.run_requests[0], json.loads(cursor)
+    raise AssertionError("the sensor never asked for the fine-tuned model")
+
+
+def test_without_credentials_azure_assets_skip_and_name_the_variables(project):
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(project, LLMResource(), instance, [*DATA, *AZURE])
+        assert result.success
+        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert done == set(DATA)
+        logs = "\n".join(e.message or "" for e in instance.all_logs(result.run_id))
+        assert "AZURE_OPENAI_ENDPOINT" in logs and "OPENAI_API_KEY" in logs
+        skip = azure_finetune_sensor(dg.build_sensor_context(instance=instance, resources={"llm": LLMResource()}))
+        assert "AZURE_OPENAI_ENDPOINT" in skip.skip_message
+
+
+def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
+    with StandIn(API_KEY, job_polls_per_state=1, job_steps=6) as server, dg.DagsterInstance.ephemeral() as instance:
+        llm = _azure_llm(server, project)
+        first = _run(project, llm, instance, [*DATA, "azure_training_files", "azure_finetune_job"])
+        assert first.success
+        job_meta = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+                    for e in first.get_asset_materialization_events()}  # fmt: skip
+        job_id = job_meta["azure_finetune_job"]["job_id"].value
+        assert job_meta["azure_finetune_job"]["created_now"].value is True
+
+        # A restarted run (the job asset's artifact lost, as after a crash) uploads nothing and creates no job.
+        shutil.rmtree(project / "artifacts" / "azure_finetune_job")
+        again = _run(project, llm, instance, ["azure_training_files", "azure_finetune_job"])
+        assert again.success
+        again_meta = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+                      for e in again.get_asset_materialization_events()}  # fmt: skip
+        assert again_meta["azure_finetune_job"]["job_id"].value == job_id
+        assert again_meta["azure_finetune_job"]["created_now"].value is False
+        assert again_meta["azure_training_files"]["uploaded_now"].value == 0
+        stats = server.stats()["requests"]
+        assert stats.get("POST /openai/fine_tuning/jobs") == 1
+        assert stats.get("POST /openai/files") == 2
+
+        request, cursor = _sensor_until_done(instance, llm)
+        assert request.run_key == f"{job_id}:succeeded" and cursor[job_id]
+        model = _run(project, llm, instance, ["azure_fine_tuned_model"])
+        assert model.success
+        metadata = model.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+        assert metadata["fine_tuned_model"].value.startswith("gpt-4o-mini")
+        assert metadata["steps"].value == 6
+        assert "![Azure fine-tuning loss](data:image/png;base64," in metadata["loss_curve"].value
+    db = project / "lineage.duckdb"
+    with connect(db, read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM fine_tune_metrics").fetchone()[0] == 6
+    upstream = {row["asset"] for row in queries.trace(db, "azure_fine_tuned_model")}
+    assert {"azure_finetune_job", "azure_training_files", "train_split", "cleaned_examples", "raw_examples"} <= upstream
+    assert "file:" + (project / "raw" / "invoices_2026_h1.jsonl").as_posix() in upstream
+    texts = [p.read_text(errors="replace") for p in project.rglob("*") if p.is_file() and p.suffix != ".duckdb"]
+    texts.append(db.read_bytes().decode("latin-1"))
+    assert not any(API_KEY in text for text in texts)
+
+
+def test_a_failing_job_fails_the_model_with_the_service_message(project):
+    message = "The training file has too few examples to fine-tune on."
+    with StandIn(API_KEY, fail_jobs_with=message) as server, dg.DagsterInstance.ephemeral() as instance:
+        llm = _azure_llm(server, project)
+        assert _run(project, llm, instance, [*DATA, "azure_training_files", "azure_finetune_job"]).success
+        request, _ = _sensor_until_done(instance, llm)
+        assert request.run_key.endswith(":failed")
+        result = _run(project, llm, instance, ["azure_fine_tuned_model"])
+    assert not result.success
+    assert message in result.failure_data_for_node("azure_fine_tuned_model").user_failure_data.description
+
+
+def test_upload_is_refused_above_the_cost_limit(project):
+    with StandIn(API_KEY) as server, dg.DagsterInstance.ephemeral() as instance:
+        llm = _azure_llm(server, project)
+        result = _run(project, llm, instance, [*DATA, "azure_training_files"],
+                      azure_training_files={"max_training_cost_usd": 0.0001})  # fmt: skip
+        assert not result.success
+        assert (
+            "above max_training_cost_usd"
+            in result.failure_data_for_node("azure_training_files").user_failure_data.description
+        )
+        assert "POST /openai/files" not in server.stats()["requests"]
