@@ -169,26 +169,17 @@ def _segment_first(values: np.ndarray, offsets: np.ndarray, n_rows: int) -> np.n
     return cumulative - before_row[row_of]
 
 
-def _escape(content: pa.Array) -> pa.Array:
-    """JSON-escape strings the way orjson does for text without CR or other control characters."""
-    content = pc.replace_substring(content, "\\", "\\\\")
-    content = pc.replace_substring(content, '"', '\\"')
-    content = pc.replace_substring(content, "\n", "\\n")
-    return pc.replace_substring(content, "\t", "\\t")
+def _escape(content: pa.Array, escapes: np.ndarray) -> pa.Array:
+    """JSON-escape non-null strings the way orjson does for text without CR or other control characters.
 
-
-def _escape_where(content: pa.Array, keep: np.ndarray, escape: np.ndarray) -> pa.Array:
-    """Return the kept contents, JSON-escaping only those that need it."""
-    plain = np.flatnonzero(keep & ~escape)
-    escaped = np.flatnonzero(keep & escape)
-    if not len(escaped):
-        return content.take(pa.array(plain))
-    kept = np.flatnonzero(keep)
-    placement = np.empty(len(kept), dtype=np.int64)
-    placement[np.searchsorted(kept, plain)] = np.arange(len(plain))
-    placement[np.searchsorted(kept, escaped)] = len(plain) + np.arange(len(escaped))
-    parts = pa.concat_arrays([content.take(pa.array(plain)), _escape(content.take(pa.array(escaped)))])
-    return parts.take(pa.array(placement))
+    ``escapes`` counts the characters to escape in each string; the whole buffer is escaped at once.
+    """
+    if not escapes.any():
+        return content
+    data, offsets = string_buffers(content)
+    text = data.tobytes().replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n").replace(b"\t", b"\\t")
+    offsets = (offsets + np.concatenate([[0], np.cumsum(escapes)])).astype(np.int32)
+    return pa.StringArray.from_buffers(len(content), pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +213,7 @@ _FLAGS = _byte_table(
 
 
 def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Flag contents the Python path must see, and contents holding a character that JSON escapes.
+    """Flag contents the Python path must see, and count the characters JSON escapes in each.
 
     The Python path must see contents that are empty, need trimming, hold control characters, or
     (answers only) hold markdown.
@@ -230,9 +221,9 @@ def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[
     data, offsets = string_buffers(content)
     starts, ends = offsets[:-1], offsets[1:]
     flagged = ends <= starts
-    escaped = np.zeros(len(flagged), dtype=bool)
+    escapes = np.zeros(len(flagged), dtype=np.int64)
     if not len(data):
-        return flagged, escaped
+        return flagged, escapes
     nonempty = ~flagged
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
@@ -241,14 +232,15 @@ def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[
     low_flags = _FLAGS[data[low]]
     flagged[np.searchsorted(ends, low[low_flags & _CONTROL_BYTE > 0], side="right")] = True
     quoted = np.flatnonzero((data == ord('"')) | (data == ord("\\")))
-    escaped[np.searchsorted(ends, np.concatenate([low[low_flags & _ESCAPED > 0], quoted]), side="right")] = True
+    owners = np.searchsorted(ends, np.concatenate([low[low_flags & _ESCAPED > 0], quoted]), side="right")
+    escapes = np.bincount(owners, minlength=len(flagged))
     if assistant is not None:
         marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))
         following = data[np.minimum(marks + 1, len(data) - 1)]
         single = (data[marks] == ord("`")) | (data[marks] == ord("#")) | (following == data[marks])
         owners = np.searchsorted(ends, marks[single], side="right")
         flagged[owners[assistant[owners]]] = True
-    return flagged, escaped
+    return flagged, escapes
 
 
 def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -280,7 +272,7 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
         role[pc.equal(role_text, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
     bad_message |= role < 0
     bad_message |= content.is_null().to_numpy(zero_copy_only=False)
-    needs_python, needs_escape = _inspect_contents(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
+    needs_python, escapes = _inspect_contents(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
     bad_message |= needs_python
     position = np.arange(n_messages) - np.repeat(offsets[:-1], np.diff(offsets))
     bad_message |= (role == ROLE_CODES["system"]) & (position > 0)
@@ -298,7 +290,7 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     tokens = -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * lengths + TOKENS_PER_REPLY
     ok &= tokens <= max_tokens
     keep_messages = np.repeat(ok, np.diff(offsets))
-    kept_content = _escape_where(content, keep_messages, needs_escape)
+    kept_content = _escape(content.filter(pa.array(keep_messages)), escapes[keep_messages])
     kept_role = role_text.filter(pa.array(keep_messages))
     message_json = pc.binary_join_element_wise('{"content":"', kept_content, '","role":"', kept_role, '"}', "")
     kept_offsets = np.concatenate([[0], np.cumsum(lengths[ok])]).astype(np.int32)
@@ -335,6 +327,8 @@ def fast_rows(lines: ChunkLines, max_tokens: int, strip_markdown: bool) -> FastR
             labels[name].append(table[name].combine_chunks().filter(mask))
     if not taken:
         return FastRows.empty()
+    if len(parts) == 1:  # the lines of a part are in order
+        return FastRows(taken[0], payloads[0], tokens[0], labels["id"][0], labels["group"][0], labels["source_id"][0])
     lines_taken = np.concatenate(taken)
     order = np.argsort(lines_taken, kind="stable")
     take = pa.array(order)

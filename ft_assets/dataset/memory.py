@@ -5,11 +5,14 @@ them with fresh mmaps and trims the heap after each free, and Python's small-obj
 unmapped when they empty, so each chunk faults its pages in again; on virtual machines a page
 fault costs microseconds. Worker processes therefore use the system allocator for Python
 objects with raised mmap and trim thresholds: the same pages serve every chunk. Peak memory is
-unchanged.
+unchanged. Workers forked without a fresh interpreter read no environment: they raise the
+glibc thresholds with ``mallopt`` when they start instead (Python objects keep their own
+allocator there, so the scan avoids holding many small ones at once).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,21 @@ WORKER_ENVIRONMENT = {
     "MALLOC_TRIM_THRESHOLD_": KEEP_BYTES,
     "MALLOC_TOP_PAD_": KEEP_BYTES,
 }
+# mallopt() parameters of glibc's malloc.h, in the order of the environment variables above.
+_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD = -3, -1, -2
+
+
+def keep_freed_memory(limit: int = int(KEEP_BYTES)) -> None:
+    """Set this process's glibc mmap, trim and top-pad thresholds to ``limit``, as ``WORKER_ENVIRONMENT`` does.
+
+    Blocks below ``limit`` then come from the heap, which keeps up to ``limit`` freed bytes for
+    reuse. Does nothing where the C library has no ``mallopt`` (not glibc).
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return
+    for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD):
+        mallopt(option, limit)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ Three phases, each over byte-range chunks of the inputs on a pool of worker proc
 
 from __future__ import annotations
 
-import mmap
+import gc
 import multiprocessing
 import os
 import tempfile
@@ -29,12 +29,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ft_assets.dataset.formats import Format, detect_format
-from ft_assets.dataset.memory import worker_environment
+from ft_assets.dataset.memory import keep_freed_memory, worker_environment
 from ft_assets.dataset.route import plan_routes, route_chunk
 from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
 from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
 
 CHUNK_BYTES = 8 * 1024 * 1024
+# Freed memory the prep command's own process keeps for reuse: blocks up to this size (its
+# arrays of a million rows) reuse freed pages, larger ones go back to the system when freed.
+MERGE_KEEP_BYTES = 32 * 1024 * 1024
 CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
@@ -113,7 +116,8 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
 
     ``forkserver`` (the default) forks workers from a fresh single-threaded server that has
     imported and warmed up the scan; it is safe in any process. ``fork`` starts faster but is
-    only safe from a process that has not yet run threads holding locks (the ``prep`` command).
+    only safe from a process that has not yet run threads holding locks (the ``prep`` command);
+    that process then keeps up to ``MERGE_KEEP_BYTES`` of freed memory for reuse.
     """
     if count <= 1 or tasks <= 1:
 
@@ -127,9 +131,11 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
     if start_method == "forkserver":
         context.set_forkserver_preload(["ft_assets.dataset.warm"])
     else:
+        keep_freed_memory(MERGE_KEEP_BYTES)
         warm_up()
+        gc.freeze()  # the objects so far are shared with the workers: collections skip them
     with worker_environment():
-        pool = context.Pool(min(count, tasks))
+        pool = context.Pool(min(count, tasks), initializer=keep_freed_memory)
     with pool:
         yield lambda function, items: pool.map_async(function, items, chunksize=1).get
 
@@ -146,41 +152,47 @@ def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
     order = np.argsort(norm_hash)
     ordered = norm_hash[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-    first = np.minimum.reduceat(order, starts)
-    first_of = np.empty(n, dtype=np.int64)
-    first_of[order] = np.repeat(first, np.diff(np.append(starts, n)))
+    repeated = ordered[1:] == ordered[:-1]
+    shared = np.flatnonzero(np.concatenate([repeated, [False]]) | np.concatenate([[False], repeated]))
+    first_of = np.arange(n)
+    if len(shared):  # only keys held by several rows need their first occurrence found
+        keys, rows = ordered[shared], order[shared]
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        first_of[rows] = np.repeat(np.minimum.reduceat(rows, starts), np.diff(np.append(starts, len(rows))))
     return first_of != np.arange(n), first_of
 
 
 def exact_duplicates(results: list[ChunkResult], duplicate: np.ndarray, first_of: np.ndarray) -> np.ndarray:
     """Return, per row, whether it is a duplicate whose cleaned bytes equal its first occurrence's."""
     exact = np.zeros(len(duplicate), dtype=bool)
+    sizes, targets = _column(results, "size"), _column(results, "target")
     rows = np.flatnonzero(duplicate)
+    rows = rows[sizes[rows] == sizes[first_of[rows]]]
     if not len(rows):
         return exact
-    sizes, targets = _column(results, "size"), _column(results, "target")
-    chunk_of = np.repeat(np.arange(len(results)), [r.kept for r in results])
     chunk_first_row = np.concatenate([[0], np.cumsum([r.kept for r in results])])[:-1]
-    start_in_part = np.zeros(len(sizes), dtype=np.int64)
+    pairs = np.concatenate([rows, first_of[rows]])  # the duplicates, then their first occurrences
+    chunk_of = np.searchsorted(chunk_first_row, pairs, side="right") - 1
+    start_in_part = np.zeros(len(pairs), dtype=np.int64)
     for target in np.unique(targets).tolist():
-        mine = targets == target
-        ends = np.cumsum(np.where(mine, sizes, 0))
-        before_chunk = np.concatenate([[0], ends])[chunk_first_row]
-        start_in_part[mine] = (ends - sizes - before_chunk[chunk_of])[mine]
+        ends = np.cumsum(np.where(targets == target, sizes, 0))
+        mine = targets[pairs] == target
+        before_chunk = np.concatenate([[0], ends])[chunk_first_row[chunk_of[mine]]]
+        start_in_part[mine] = ends[pairs[mine]] - sizes[pairs[mine]] - before_chunk
+    parts = (chunk_of * len(SPLITS) + targets[pairs]).tolist()
+    starts, lengths = start_in_part.tolist(), sizes[pairs].tolist()
     with ExitStack() as stack:
-        maps: dict[tuple[int, int], mmap.mmap] = {}
+        handles: dict[int, int] = {}
 
-        def payload(row: int) -> bytes:
-            part = (int(chunk_of[row]), int(targets[row]))
-            if part not in maps:
-                handle = stack.enter_context(open(results[part[0]].path(f"kept-{part[1]}.jsonl"), "rb"))
-                maps[part] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            start = int(start_in_part[row])
-            return maps[part][start : start + int(sizes[row])]
+        def payload(pair: int) -> bytes:
+            part = parts[pair]
+            if part not in handles:
+                chunk, target = divmod(part, len(SPLITS))
+                path = results[chunk].path(f"kept-{target}.jsonl")
+                handles[part] = stack.enter_context(open(path, "rb", buffering=0)).fileno()
+            return os.pread(handles[part], lengths[pair], starts[pair])
 
-        for row in rows.tolist():
-            exact[row] = payload(row) == payload(int(first_of[row]))
+        exact[rows] = [payload(pair) == payload(len(rows) + pair) for pair in range(len(rows))]
     return exact
 
 
@@ -210,7 +222,6 @@ class _Scanned:
     config: CleanConfig
     results: list[ChunkResult]
     duplicate: np.ndarray
-    exact: np.ndarray
     first_of: np.ndarray
 
     def kept_column(self, name: str) -> np.ndarray:
@@ -254,8 +265,7 @@ def _scan(
     ]
     results = run(scan_chunk, tasks)() if run else []
     duplicate, first_of = find_duplicates(_column(results, "norm_hash"))
-    exact = exact_duplicates(results, duplicate, first_of)
-    return _Scanned(files, names, config, results, duplicate, exact, first_of)
+    return _Scanned(files, names, config, results, duplicate, first_of)
 
 
 class _CleanedIndex:
@@ -264,11 +274,17 @@ class _CleanedIndex:
     def __init__(self, out_dir: Path) -> None:
         import pyarrow.parquet as pq
 
-        self.writer = pq.ParquetWriter(out_dir / CLEANED_INDEX, _cleaned_index_schema(), compression="zstd")
+        self.schema = _cleaned_index_schema()
+        self.writer = pq.ParquetWriter(out_dir / CLEANED_INDEX, self.schema, compression="zstd")
 
-    def add(self, table: pa.Table) -> None:
-        """Append index rows of kept rows."""
-        self.writer.write_table(table)
+    def add(self, table: pa.Table, kept: np.ndarray, file: str, line_base: int, position: int) -> None:
+        """Append the index rows of one chunk where ``kept``; lines count from ``line_base``."""
+        if not kept.all():
+            table = table.filter(pa.array(kept))
+        table = table.set_column(0, "line", pc.add(table["line"], line_base))
+        table = table.append_column("file", pa.repeat(pa.scalar(file, pa.string()), table.num_rows))
+        table = table.append_column("position", pa.array(np.arange(position, position + table.num_rows)))
+        self.writer.write_table(table.select(self.schema.names).cast(self.schema))
 
     def close(self) -> None:
         """Finish the file."""
@@ -283,11 +299,12 @@ class _SplitTotals:
         self.row = 0
         self.tokens = np.zeros(3, dtype=np.int64)
 
-    def add(self, table: pa.Table) -> None:
-        """Add the tokens of these rows to their splits."""
-        target = self.assignment[self.row : self.row + table.num_rows]
-        self.row += table.num_rows
-        self.tokens += np.bincount(target, weights=table["tokens"].to_numpy(), minlength=3).astype(np.int64)
+    def add(self, table: pa.Table, kept: np.ndarray, file: str, line_base: int, position: int) -> None:
+        """Add the tokens of one chunk's rows where ``kept`` to their splits (the rest is unused)."""
+        tokens = table["tokens"].to_numpy()[kept]
+        target = self.assignment[self.row : self.row + len(tokens)]
+        self.row += len(tokens)
+        self.tokens += np.bincount(target, weights=tokens, minlength=3).astype(np.int64)
 
     def close(self) -> None:
         """Nothing to finish."""
@@ -408,7 +425,7 @@ def _write_selected(out: BinaryIO, lines: list[bytes], mask: np.ndarray) -> None
 def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotals) -> dict[str, Any]:
     """Hand the kept rows to ``output`` and write the rejected rows, in input order; count everything."""
     results, files, names = scanned.results, scanned.files, scanned.names
-    duplicate, exact, first_of = scanned.duplicate, scanned.exact, scanned.first_of
+    duplicate, first_of = scanned.duplicate, scanned.first_of
     line_base: dict[int, int] = Counter()
     chunk_line_base = []
     for result in results:
@@ -426,9 +443,9 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
     per_file = [{"path": name, "read": 0, "kept": 0, "rejected": 0} for name in names]
     tokens_kept = []
     position = row = written_rejects = 0
-    schema = _cleaned_index_schema()
+    exact = exact_duplicates(results, duplicate, first_of)  # while the workers write the outputs
     with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as inputs:
-        sources = [inputs.enter_context(open(f, "rb")) for f in files]
+        sources = [inputs.enter_context(open(f, "rb", buffering=0)) for f in files]
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
             reasons.update(result.reasons)
@@ -444,31 +461,28 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
                 first = first_of[row + local]
                 reason = "exact_duplicate" if exact[row + local] else "normalized_duplicate"
                 reasons[reason] += 1
-                sources[file_index].seek(int(offsets[local]))
+                line = os.pread(sources[file_index].fileno(), int(lengths[local]), int(offsets[local]))
                 record = {
                     "file": names[file_index],
                     "line": int(row_line[row + local]),
                     "reasons": [reason],
-                    "raw": sources[file_index].read(int(lengths[local])).decode("utf-8", "backslashreplace"),
+                    "raw": line.decode("utf-8", "backslashreplace"),
                     "duplicate_of": {"file": names[row_file[first]], "line": int(row_line[first])},
                 }
                 out_rows.append((record["line"], orjson.dumps(record)))
             out_rows.sort(key=lambda item: item[0])
-            rejected.writelines(item[1] + b"\n" for item in out_rows)
+            if out_rows:
+                rejected.write(b"\n".join([item[1] for item in out_rows]) + b"\n")
             written_rejects += len(out_rows)
-            if dup.any():
-                table = table.filter(pa.array(~dup))
-            n_kept = table.num_rows
-            table = table.set_column(0, "line", pc.add(table["line"], base))
-            table = table.append_column("file", pa.array([names[file_index]] * n_kept, pa.string()))
-            table = table.append_column("position", pa.array(np.arange(position, position + n_kept)))
-            output.add(table.select(schema.names).cast(schema))
-            fix_bits = table["fixes"].to_numpy()
+            kept = ~dup
+            output.add(table, kept, names[file_index], base, position)
+            n_kept = int(np.count_nonzero(kept))
+            fix_bits = table["fixes"].to_numpy()[kept]
             for bit, name in FIX_NAMES.items():
                 count = int(np.count_nonzero(fix_bits & bit))
                 if count:
                     fixes[name] += count
-            tokens_kept.append(table["tokens"].to_numpy())
+            tokens_kept.append(table["tokens"].to_numpy()[kept])
             per_file[file_index]["read"] += result.lines
             per_file[file_index]["kept"] += n_kept
             per_file[file_index]["rejected"] += result.lines - n_kept

@@ -1,9 +1,9 @@
 """Parallel write phase: the scan's per-chunk, per-output parts go to their place in the outputs.
 
 Once duplicates are known, the byte offset of every chunk's share of every output follows
-from the row sizes, so each worker writes its chunk at that offset: a part whose rows are
-all kept is copied in the kernel (``copy_file_range``), a part holding a duplicate is filtered
-in memory and written with ``pwrite``. Outputs are byte-identical however chunks are scheduled.
+from the row sizes, so each worker writes its chunk at that offset: every run of consecutive
+surviving rows of a part is copied in the kernel (``copy_file_range``), without passing through
+the worker's memory. Outputs are byte-identical however chunks are scheduled.
 """
 
 from __future__ import annotations
@@ -26,13 +26,22 @@ class RouteTask:
     offsets: tuple[int, ...]
 
 
-def _copy_range(source: int, target: int, count: int, offset: int) -> None:
+def _copy_range(source: int, target: int, count: int, source_offset: int, target_offset: int) -> None:
     copied = 0
     while copied < count:
-        step = os.copy_file_range(source, target, count - copied, copied, offset + copied)
+        step = os.copy_file_range(source, target, count - copied, source_offset + copied, target_offset + copied)
         if step == 0:
             raise OSError(f"copy stopped {count - copied} bytes short")
         copied += step
+
+
+def kept_runs(keep: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (byte offset, byte length) in the part of each run of consecutive kept rows."""
+    ends = np.cumsum(sizes)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
+    first, last = edges[0::2], edges[1::2] - 1
+    starts = ends[first] - sizes[first]
+    return starts, ends[last] - starts
 
 
 def route_chunk(task: RouteTask) -> None:
@@ -40,21 +49,20 @@ def route_chunk(task: RouteTask) -> None:
     for part, keep, sizes, output, offset in zip(
         task.parts, task.keep, task.sizes, task.outputs, task.offsets, strict=True
     ):
-        if not len(sizes):
+        if not keep.any():
             continue
-        target = os.open(output, os.O_WRONLY)
+        starts, lengths = kept_runs(keep, sizes)
+        targets = offset + np.cumsum(lengths) - lengths
+        source = os.open(part, os.O_RDONLY)
         try:
-            if keep.all():
-                source = os.open(part, os.O_RDONLY)
-                try:
-                    _copy_range(source, target, int(sizes.sum()), offset)
-                finally:
-                    os.close(source)
-            else:
-                data = np.frombuffer(Path(part).read_bytes(), dtype=np.uint8)
-                os.pwrite(target, data[np.repeat(keep, sizes)].tobytes(), offset)
+            target = os.open(output, os.O_WRONLY)
+            try:
+                for start, length, at in zip(starts.tolist(), lengths.tolist(), targets.tolist(), strict=True):
+                    _copy_range(source, target, length, start, at)
+            finally:
+                os.close(target)
         finally:
-            os.close(target)
+            os.close(source)
 
 
 def plan_routes(

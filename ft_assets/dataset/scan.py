@@ -9,7 +9,6 @@ adds the chunk's first line number when it merges them.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -216,35 +215,48 @@ def _scan_line(
 
 
 _BACKSLASH = ord("\\")
+# Letters that make a backslash and themselves a whitespace escape, dropped from the key (the key is
+# lower-cased, so upper-case ones count too).
 _WHITESPACE_ESCAPES = np.zeros(256, dtype=bool)
-_WHITESPACE_ESCAPES[list(b"ntr")] = True
+_WHITESPACE_ESCAPES[list(b"ntrNTR")] = True
+_LOWER_ASCII = bytes.maketrans(bytes(range(ord("A"), ord("Z") + 1)), bytes(range(ord("a"), ord("z") + 1)))
+_DROPPED = bytes(sorted(set(NORMALIZED_AWAY) - {ord("\n")}))
+HASH_SLICE_BYTES = 1 << 17  # the keys of this many bytes of rows are computed at once
 _AUTO_ID = re.compile(r"[0-9a-f]{16}")
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def normalized_hashes(payload: pa.Array) -> np.ndarray:
-    """Return the 64-bit duplicate key of each canonical JSON payload.
+def line_hashes(lines: pa.Array) -> np.ndarray:
+    """Return the 64-bit duplicate key of each canonical JSON payload followed by a newline.
 
     The key hashes the payload lower-cased with whitespace, its JSON escapes and markdown marks
-    dropped, so examples differing only in those share a key.
+    dropped, so examples differing only in those share a key. Canonical JSON holds no raw
+    newline, so the rows are cleaned in one buffer and told apart by their newlines again.
     """
-    data, offsets = string_buffers(payload)
-    ascii_only = pc.all(pc.string_is_ascii(payload)).as_py() is not False
-    if ascii_only:
-        lowered, lowered_offsets = data | ((data >= ord("A")) & (data <= ord("Z"))).view(np.uint8) << 5, offsets
-    else:
-        lowered, lowered_offsets = string_buffers(pc.utf8_lower(payload))
-        lowered = lowered.copy()
-    escapes = np.flatnonzero(lowered[:-1] == _BACKSLASH)
-    escapes = escapes[_WHITESPACE_ESCAPES[lowered[escapes + 1]]]
-    lowered[escapes] = ord(" ")  # blanks of the same length keep the offsets valid
-    lowered[escapes + 1] = ord(" ")
-    text = lowered.tobytes()
-    hash64 = xxhash.xxh3_64_intdigest
-    away = NORMALIZED_AWAY
-    bounds = lowered_offsets.tolist()
-    normalized = [hash64(text[a:b].translate(None, away)) for a, b in itertools.pairwise(bounds)]
-    return np.array(normalized, dtype=np.uint64)
+    data, _ = string_buffers(lines)
+    if len(data) and data.max() >= 0x80:
+        data, _ = string_buffers(pc.utf8_lower(lines))
+    escapes = np.flatnonzero(data[:-1] == _BACKSLASH)
+    escapes = escapes[_WHITESPACE_ESCAPES[data[escapes + 1]]]
+    if len(escapes):
+        data = data.copy()
+        data[escapes] = ord(" ")  # dropped below, like the other whitespace
+        data[escapes + 1] = ord(" ")
+    text = data.tobytes().translate(_LOWER_ASCII, _DROPPED)
+    hashes = np.empty(len(lines), dtype=np.uint64)
+    row = start = 0
+    while start < len(text):  # a slice at a time, so that the rows' bytes objects reuse the same memory
+        end = text.find(b"\n", start + HASH_SLICE_BYTES) + 1 or len(text)
+        rows = text[start : end - 1].split(b"\n")
+        hashes[row : row + len(rows)] = np.fromiter(map(xxhash.xxh3_64_intdigest, rows), np.uint64, len(rows))
+        row += len(rows)
+        start = end
+    return hashes
+
+
+def normalized_hashes(payload: pa.Array) -> np.ndarray:
+    """Return the 64-bit duplicate key of each canonical JSON payload (see ``line_hashes``)."""
+    return line_hashes(pc.binary_join_element_wise(payload, "\n", ""))
 
 
 def hex_ids(values: np.ndarray) -> pa.Array:
@@ -290,17 +302,27 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             slow_lines.append(index)
             slow_rows.append(kept)
     slow = list(zip(*slow_rows, strict=True)) or [[] for _ in range(6)]
-    line_index = np.concatenate([fast.lines, np.asarray(slow_lines, dtype=np.int64)])
-    order = pa.array(np.argsort(line_index, kind="stable"))
-    line_index = line_index[order.to_numpy()]
+    line_index, order = fast.lines, None
+    if slow_lines:
+        line_index = np.concatenate([fast.lines, np.asarray(slow_lines, dtype=np.int64)])
+        order = np.argsort(line_index, kind="stable")
+        line_index = line_index[order]
 
-    def combined(fast_values: pa.Array, slow_values: Any, kind: pa.DataType) -> pa.Array:
-        return pa.concat_arrays([fast_values.cast(kind), pa.array(slow_values, kind)]).take(order)
+    def combined(fast_values: pa.Array, slow_values: Any) -> pa.Array:
+        if order is None:
+            return fast_values
+        return pa.concat_arrays([fast_values, pa.array(slow_values, pa.string())]).take(pa.array(order))
 
-    payload = combined(fast.payload, [p.decode() for p in slow[0]], pa.string())
-    example_id = combined(fast.example_id, slow[2], pa.string())
-    group_id = combined(fast.group_id, slow[3], pa.string())
-    norm_hash = normalized_hashes(payload)
+    def combined_numbers(fast_values: np.ndarray, slow_values: Any, dtype: type[np.generic]) -> np.ndarray:
+        if order is None:
+            return fast_values.astype(dtype, copy=False)
+        return np.concatenate([fast_values.astype(dtype), np.asarray(slow_values, dtype)])[order]
+
+    payload = combined(fast.payload, [p.decode() for p in slow[0]])
+    lines_out = pc.binary_join_element_wise(payload, "\n", "")
+    example_id = combined(fast.example_id, slow[2])
+    group_id = combined(fast.group_id, slow[3])
+    norm_hash = line_hashes(lines_out)
     unlabelled = pc.and_(group_id.is_null(), example_id.is_null()).to_numpy(zero_copy_only=False)
     example_id = pc.coalesce(example_id, hex_ids(norm_hash))
     group_id = pc.coalesce(group_id, example_id)
@@ -318,22 +340,19 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
             "length": lengths[line_index],
             "example_id": example_id,
             "group_id": group_id,
-            "source_id": combined(fast.source_id, slow[4], pa.string()),
-            "tokens": np.concatenate([fast.tokens, np.asarray(slow[1], dtype=np.int64)])[order.to_numpy()],
+            "source_id": combined(fast.source_id, slow[4]),
+            "tokens": combined_numbers(fast.tokens, slow[1], np.int64),
             "norm_hash": norm_hash,
-            "fixes": np.concatenate([np.zeros(len(fast.lines), np.uint8), np.asarray(slow[5], np.uint8)])[
-                order.to_numpy()
-            ],
+            "fixes": combined_numbers(np.zeros(len(fast.lines), np.uint8), slow[5], np.uint8),
             "group_hash": group_hash,
-            "size": np.diff(string_buffers(payload)[1]) + 1,
+            "size": np.diff(string_buffers(lines_out)[1]),
             "target": targets,
         }
     ).cast(INDEX_SCHEMA)
     result.kept = table.num_rows
     feather.write_feather(table, result.path("index.arrow"), compression="uncompressed")
-    lines_out = pc.binary_join_element_wise(payload, "\n", "")
     for target in range(3 if task.split else 1):
         selected = lines_out.filter(pa.array(targets == target)) if task.split else lines_out
-        result.path(f"kept-{target}.jsonl").write_bytes(string_buffers(selected)[0].tobytes())
+        result.path(f"kept-{target}.jsonl").write_bytes(string_buffers(selected)[0])
     result.path("rejected.jsonl").write_bytes(b"\n".join(rejected) + b"\n" if rejected else b"")
     return result
