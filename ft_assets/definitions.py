@@ -10,6 +10,7 @@ from ft_assets.azure.assets import (
     azure_fine_tuned_model,
     azure_finetune_job,
     azure_finetune_sensor,
+    azure_model_evaluation,
     azure_training_files,
 )
 from ft_assets.dataset.assets import (
@@ -60,7 +61,7 @@ defs = dg.Definitions(
     assets=[
         raw_examples, source_documents, synthetic_examples, cleaned_examples, splits,
         base_model, lora_adapter, merged_model, evaluation_table,
-        azure_training_files, azure_finetune_job, azure_fine_tuned_model,
+        azure_training_files, azure_finetune_job, azure_fine_tuned_model, azure_model_evaluation,
     ],
     asset_checks=[
         train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid,

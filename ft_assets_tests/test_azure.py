@@ -162,3 +162,40 @@ def test_upload_is_refused_above_the_cost_limit(project):
             in result.failure_data_for_node("azure_training_files").user_failure_data.description
         )
         assert "POST /openai/files" not in server.stats()["requests"]
+
+
+def test_api_models_are_evaluated_with_cost_and_break_even(project):
+    golds: dict[str, str] = {}
+
+    def answer(body: dict) -> str:
+        if body["model"] == "ft-invoices":
+            return golds.get(body["messages"][-1]["content"], "Category: ?")
+        return "Category: Travel\nVendor: Nobody"
+
+    with StandIn(API_KEY, chat_handler=answer) as server, dg.DagsterInstance.ephemeral() as instance:
+        llm = _azure_llm(server, project)
+        data = _run(project, llm, instance, [*DATA, "azure_training_files", "azure_finetune_job"])
+        test_path = next(
+            Path(e.step_materialization_data.materialization.metadata["path"].value, "data.jsonl")
+            for e in data.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "test_split"
+        )
+        for line in test_path.read_text().splitlines():
+            messages = json.loads(line)["messages"]
+            golds[messages[-2]["content"]] = messages[-1]["content"]
+        _sensor_until_done(instance, llm)
+        assert _run(project, llm, instance, ["azure_fine_tuned_model"]).success
+        skipped = _run(project, llm, instance, ["azure_model_evaluation"])
+        assert skipped.success and not skipped.get_asset_materialization_events(), "no deployment set: skipped"
+        result = _run(project, llm, instance, ["azure_model_evaluation"],
+                      azure_model_evaluation={"fine_tuned_deployment": "ft-invoices"})  # fmt: skip
+        assert result.success
+        metadata = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    assert metadata["fine_tuned_exact_match"].value == 1.0 and metadata["base_exact_match"].value == 0.0
+    assert metadata["training_cost_usd"].value > 0
+    break_even = metadata["break_even_requests"].value
+    assert isinstance(break_even, int) or break_even.startswith("never")
+    rows = {row["model"]: row for row in queries.latest_evaluations(project / "lineage.duckdb")}
+    tuned = next(row for name, row in rows.items() if name.startswith("azure:gpt-4o-mini"))
+    assert tuned["provider"] == "api" and tuned["cost_per_1k_requests_usd"] > 0 and tuned["latency_p50_ms"] > 0
+    assert any(name.startswith("azure:gpt-4o-mini (few-shot") for name in rows)

@@ -33,6 +33,10 @@ GROUPS = {
     "lora_adapter": "training",
     "merged_model": "training",
     "evaluation_table": "evaluation",
+    "azure_training_files": "azure",
+    "azure_finetune_job": "azure",
+    "azure_fine_tuned_model": "azure",
+    "azure_model_evaluation": "evaluation",
 }
 EXPECTED_CHECKS = {
     "train_split": {"train_split_has_enough_examples", "format_valid"},

@@ -282,3 +282,125 @@ def azure_finetune_sensor(context: dg.SensorEvaluationContext, llm: LLMResource)
         ],
         cursor=json.dumps(cursor),
     )
+
+
+class AzureEvaluationConfig(dg.Config):
+    """Which deployments answer the test split, and what their tokens cost."""
+
+    fine_tuned_deployment: str | None = Field(
+        None, description="Deployment name of the fine-tuned model (deploy it in Azure first); unset: skipped."
+    )
+    base_deployment: str = Field(
+        "gpt-4o-mini", description="Deployment of the base model, asked with a few-shot prompt."
+    )
+    few_shot_examples: int = Field(3, description="Train examples in the base model's prompt.")
+    few_shot_seed: int = Field(0, description="Seed that picks the few-shot examples.")
+    max_tokens: int = Field(64, description="Longest answer.")
+    concurrency: int = Field(8, description="Requests in flight at once.")
+    fine_tuned_input_usd_per_1m: float = Field(0.30, description="Fine-tuned model: price of a million input tokens.")
+    fine_tuned_output_usd_per_1m: float = Field(1.20, description="Fine-tuned model: price of a million output tokens.")
+    base_input_usd_per_1m: float = Field(0.15, description="Base model: price of a million input tokens.")
+    base_output_usd_per_1m: float = Field(0.60, description="Base model: price of a million output tokens.")
+
+
+def _api_row(model: str, version: str, results: list[Any], golds: list[str], prices: Any) -> dict[str, Any]:
+    """Return an evaluations row of API answers: scores, latency, tokens and cost per 1,000 requests."""
+    from ft_assets.evaluation.metrics import percentile, score_answers
+
+    answers = [(r.content or "").strip() for r in results]
+    scores = score_answers(answers, golds)
+    latencies = [r.latency_s for r in results if r.latency_s is not None]
+    costs = [prices.cost(r.prompt_tokens, r.completion_tokens) for r in results]
+    return {
+        "model": model, "model_version": version, "provider": "api", "n": scores.n,
+        "exact_match": scores.exact_match, "field_accuracy": scores.field_accuracy,
+        "token_accuracy": None, "loss": None, "perplexity": None,
+        "latency_p50_ms": percentile(latencies, 50) * 1000, "latency_p95_ms": percentile(latencies, 95) * 1000,
+        "output_tokens_mean": sum(r.completion_tokens for r in results) / max(len(results), 1),
+        "cost_per_1k_requests_usd": 1000 * sum(costs) / max(len(costs), 1),
+        "failed_requests": sum(r.status != "ok" for r in results),
+    }  # fmt: skip
+
+
+@dg.asset(
+    group_name="evaluation",
+    code_version=AZURE_CODE,
+    kinds={"azure", "openai"},
+    output_required=False,
+    description="The deployed fine-tuned model and the prompted (few-shot) base model answer test_split through the "
+    "API: exact match, per-field accuracy, latency p50/p95, output tokens, cost per 1,000 requests, and the number "
+    "of requests after which the fine-tune has paid for its training. Rows go to the DuckDB evaluations table.",
+)
+def azure_model_evaluation(
+    context: dg.AssetExecutionContext,
+    config: AzureEvaluationConfig,
+    azure_fine_tuned_model: ArtifactRef,
+    train_split: ArtifactRef,
+    test_split: ArtifactRef,
+    llm: LLMResource,
+    artifacts: ArtifactStore,
+    lineage: LineageStore,
+) -> Iterator[dg.Output[ArtifactRef]]:
+    """Ask both deployments every test question and record one row per model."""
+    import asyncio
+    import math
+
+    from ft_assets.evaluation.runners import eval_cases, few_shot_examples, with_shots
+    from ft_assets.llm.calls import ChatRequest, Prices, run_requests
+    from ft_assets.llm.client import async_client
+    from ft_assets.training.lora import read_rows
+
+    if _client(context, llm, "azure_model_evaluation") is None:
+        return
+    if not config.fine_tuned_deployment:
+        context.log.warning("azure_model_evaluation: skipped: deploy the fine-tuned model in Azure and set "
+                            "fine_tuned_deployment")  # fmt: skip
+        return
+    settings = llm.client_settings()
+    cases = eval_cases(read_rows(test_split.file("data.jsonl")))
+    shots = few_shot_examples(read_rows(train_split.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
+    golds = [case.gold for case in cases]
+
+    def ask(deployment: str, prompts: list[Any]) -> list[Any]:
+        requests = [
+            ChatRequest(deployment, tuple((m["role"], m["content"]) for m in c.prompt), max_tokens=config.max_tokens)
+            for c in prompts
+        ]
+        batch = run_requests(
+            lambda: async_client(settings), requests, endpoint=settings.endpoint, cache=None,
+            concurrency=config.concurrency, log=context.log.info,
+        )  # fmt: skip
+        return asyncio.run(batch)[0]
+
+    model = json.loads(azure_fine_tuned_model.file("model.json").read_text())
+    tuned_prices = Prices(config.fine_tuned_input_usd_per_1m, config.fine_tuned_output_usd_per_1m)
+    base_prices = Prices(config.base_input_usd_per_1m, config.base_output_usd_per_1m)
+    tuned = _api_row(f"azure:{model['fine_tuned_model']}", azure_fine_tuned_model.version,
+                     ask(config.fine_tuned_deployment, cases), golds, tuned_prices)  # fmt: skip
+    base = _api_row(f"azure:{config.base_deployment} (few-shot k={config.few_shot_examples})", config.base_deployment,
+                    ask(config.base_deployment, [with_shots(c, shots) for c in cases]), golds, base_prices)  # fmt: skip
+    training_cost = (model.get("trained_tokens") or 0) * training_price(model["base_model"], None) / 1e6
+    saving = (base["cost_per_1k_requests_usd"] - tuned["cost_per_1k_requests_usd"]) / 1000
+    break_even = math.ceil(training_cost / saving) if saving > 0 else None
+    rows = [tuned, base]
+    with artifacts.stage("azure_model_evaluation") as staging:
+        (staging / "evaluations.json").write_text(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        ref = artifacts.publish(staging, "azure_model_evaluation")
+    lineage.record_evaluations(
+        [{**row, "test_split_version": test_split.version, "evaluated_by": "azure_model_evaluation",
+          "evaluation_version": ref.version, "run_id": context.run.run_id} for row in rows]
+    )  # fmt: skip
+    recorded = lineage.record(context, ref, [azure_fine_tuned_model, train_split, test_split], config)
+    columns = ["model", "n", "exact_match", "latency_p50_ms", "latency_p95_ms", "cost_per_1k_requests_usd"]
+    yield dg.Output(
+        ref,
+        data_version=dg.DataVersion(ref.version),
+        metadata={
+            **recorded,
+            "evaluations": markdown_table(rows, columns),
+            "training_cost_usd": round(training_cost, 4),
+            "break_even_requests": break_even if break_even is not None else "never (no saving per request)",
+            "fine_tuned_exact_match": tuned["exact_match"],
+            "base_exact_match": base["exact_match"],
+        },
+    )
