@@ -199,10 +199,12 @@ async def _ask(
     request: ChatRequest,
     gate: _Gate,
     prices: Prices,
-    max_attempts: int,
-    backoff_s: float,
+    retry: tuple[int, float],
     semaphore: asyncio.Semaphore,
+    store: Callable[[ChatResult], None],
 ) -> ChatResult:
+    """Send one request (retrying what may succeed later); the answer's JSON is read without model classes."""
+    max_attempts, backoff_s = retry
     result = ChatResult(request, "failed")
     async with semaphore:
         for attempt in range(1, max_attempts + 1):
@@ -213,7 +215,8 @@ async def _ask(
             result.attempts = attempt
             started = time.perf_counter()
             try:
-                response = await client.chat.completions.create(**request.body())
+                raw = await client.chat.completions.with_raw_response.create(**request.body())
+                answer = json.loads(raw.content)
             except Exception as error:  # the service's errors, classified below
                 if not is_retryable(error) or attempt == max_attempts:
                     result.error = f"{type(error).__name__}: {getattr(error, 'message', error)}"
@@ -225,12 +228,14 @@ async def _ask(
                 await asyncio.sleep(wait)
                 continue
             result.latency_s = time.perf_counter() - started
-            usage = response.usage
-            result.prompt_tokens = usage.prompt_tokens if usage else 0
-            result.completion_tokens = usage.completion_tokens if usage else 0
+            usage = answer.get("usage") or {}
+            result.prompt_tokens = usage.get("prompt_tokens") or 0
+            result.completion_tokens = usage.get("completion_tokens") or 0
             gate.report.cost_usd += prices.cost(result.prompt_tokens, result.completion_tokens)
-            result.content = response.choices[0].message.content if response.choices else None
+            choices = answer.get("choices") or [{}]
+            result.content = (choices[0].get("message") or {}).get("content")
             result.status = "ok"
+            store(result)
             return result
     return result
 
@@ -254,8 +259,16 @@ async def run_requests(
     started = time.perf_counter()
     results: list[ChatResult | None] = [None] * len(requests)
     pending: list[int] = []
+    keys = {request: request.key(endpoint) for request in requests} if cache else {}
+
+    def store(result: ChatResult) -> None:
+        if cache is not None and result.content is not None:
+            answer = {"content": result.content, "prompt_tokens": result.prompt_tokens,
+                      "completion_tokens": result.completion_tokens}  # fmt: skip
+            cache.put(keys[result.request], answer)
+
     for index, request in enumerate(requests):
-        hit = cache.get(request.key(endpoint)) if cache else None
+        hit = cache.get(keys[request]) if cache else None
         if hit is None:
             pending.append(index)
             continue
@@ -269,8 +282,9 @@ async def run_requests(
         semaphore = asyncio.Semaphore(concurrency)
         client = client_factory()
         async with client:
+            retry = (max_attempts, backoff_s)
             tasks = {
-                asyncio.create_task(_ask(client, requests[i], gate, prices, max_attempts, backoff_s, semaphore)): i
+                asyncio.create_task(_ask(client, requests[i], gate, prices, retry, semaphore, store)): i
                 for i in pending
             }
             step = max(1, len(tasks) // 10)
@@ -279,14 +293,7 @@ async def run_requests(
                 if done % step == 0 or done == len(tasks):
                     log(f"{done}/{len(tasks)} requests finished, {report.retries} retries, ${report.cost_usd:.4f}")
             for task, index in tasks.items():
-                result = task.result()
-                results[index] = result
-                if result.status == "ok" and cache is not None and result.content is not None:
-                    cache.put(
-                        requests[index].key(endpoint),
-                        {"content": result.content, "prompt_tokens": result.prompt_tokens,
-                         "completion_tokens": result.completion_tokens},
-                    )  # fmt: skip
+                results[index] = task.result()
     final = [r for r in results if r is not None]
     for result in final:
         report.statuses[result.status] += 1
