@@ -184,3 +184,34 @@ def test_gpt_generation_through_dagster_is_cached_and_never_leaks_the_key(tmp_pa
     everything += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".duckdb"]
     everything.append((tmp_path / "lineage.duckdb").read_bytes().decode("latin-1"))
     assert not any(API_KEY in text for text in everything)
+
+
+def test_paraphrase_keeps_earlier_turns_of_a_conversation(tmp_path):
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "second answer"},
+    ]
+    path = write_jsonl(tmp_path / "multi.jsonl", [{"id": "m1", "messages": messages}])
+    item = plan(Settings(), usable_examples([path]), [])[0]
+    example, _ = build_example(item, '{"text": "the second question, reworded"}', {"provider": "test"})
+    assert [m["content"] for m in example["messages"]] == [
+        "S", "first question", "first answer", "the second question, reworded", "second answer",
+    ]  # fmt: skip
+
+
+def test_a_malformed_retry_after_header_is_ignored():
+    from types import SimpleNamespace
+
+    from ft_assets.llm.calls import retry_after_s
+
+    def error(headers: dict) -> Exception:
+        failure = RuntimeError("429")
+        failure.response = SimpleNamespace(headers=headers)  # type: ignore[attr-defined]
+        return failure
+
+    assert retry_after_s(error({"retry-after": "not a date"})) is None
+    assert retry_after_s(error({"retry-after": "1.5"})) == 1.5
+    assert retry_after_s(error({"retry-after-ms": "250"})) == 0.25

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ft_assets.dataset.text import estimate_tokens
+from ft_assets.llm.calls import is_retryable
 
 Log = Callable[[str], None]
 TARGET_EPOCHS = 3
@@ -31,6 +32,8 @@ MAX_TARGET_EXAMPLES = 25_000
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# A create that timed out may still have happened: never let the client re-send it blindly.
+CREATE_ATTEMPTS = 4
 KEY_FIELD = "ft_assets_key"
 
 
@@ -124,14 +127,30 @@ def upload(
 
     Returns (file id, whether it was uploaded now).
     """
-    for existing in client.files.list(purpose="fine-tune"):
-        if existing.filename == name and existing.status not in ("error", "deleted"):
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        existing = _uploaded(client, name)
+        if existing is not None:
             log(f"{name}: already uploaded as {existing.id}")
             return _processed(client, existing.id, log, poll_s, timeout_s).id, False
-    with open(path, "rb") as handle:
-        created = client.files.create(file=(name, handle), purpose="fine-tune")
-    log(f"{name}: uploaded as {created.id}")
-    return _processed(client, created.id, log, poll_s, timeout_s).id, True
+        try:
+            with open(path, "rb") as handle:
+                created = client.with_options(max_retries=0).files.create(file=(name, handle), purpose="fine-tune")
+        except Exception as error:
+            if not is_retryable(error) or attempt == CREATE_ATTEMPTS:
+                raise
+            log(f"{name}: upload interrupted ({type(error).__name__}); checking whether it arrived")
+            time.sleep(poll_s)
+            continue
+        log(f"{name}: uploaded as {created.id}")
+        return _processed(client, created.id, log, poll_s, timeout_s).id, True
+    raise FineTuneError(f"{name}: could not be uploaded")
+
+
+def _uploaded(client: Any, name: str) -> Any | None:
+    for existing in client.files.list(purpose="fine-tune"):
+        if existing.filename == name and existing.status not in ("error", "deleted"):
+            return existing
+    return None
 
 
 def job_key(settings: JobSettings, training_file: str, validation_file: str | None) -> str:
@@ -158,13 +177,19 @@ def job_request(settings: JobSettings, training_file: str, validation_file: str 
     return request
 
 
-def find_job(client: Any, key: str, training_file: str, validation_file: str | None) -> Any | None:
+def find_job(
+    client: Any, key: str, training_file: str, validation_file: str | None, seed: int, model: str
+) -> Any | None:
     """Return the newest reusable job made for this key (and files); failed or cancelled jobs do not count."""
     for job in client.fine_tuning.jobs.list(limit=50):
         metadata = getattr(job, "metadata", None) or {}
         same_files = job.training_file == training_file and job.validation_file == validation_file
-        if metadata.get(KEY_FIELD) == key and same_files and job.status not in ("failed", "cancelled"):
+        if not same_files or job.status in ("failed", "cancelled"):
+            continue
+        if metadata.get(KEY_FIELD) == key:
             return job
+        if not metadata and job.seed == seed and job.model.startswith(model.split("-20", maxsplit=1)[0]):
+            return job  # a service that drops metadata: same files, seed and model
     return None
 
 
@@ -173,13 +198,24 @@ def find_or_create_job(
 ) -> tuple[Any, bool]:
     """Return (job, created now): the job already made for these files and settings, or a new one."""
     key = job_key(settings, training_file, validation_file)
-    existing = find_job(client, key, training_file, validation_file)
-    if existing is not None:
-        log(f"found job {existing.id} ({existing.status}) already created for these files and settings")
-        return existing, False
-    job = client.fine_tuning.jobs.create(**job_request(settings, training_file, validation_file))
-    log(f"created fine-tuning job {job.id} ({job.status})")
-    return job, True
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        existing = find_job(client, key, training_file, validation_file, settings.seed, settings.model)
+        if existing is not None:
+            log(f"found job {existing.id} ({existing.status}) already created for these files and settings")
+            return existing, False
+        try:
+            job = client.with_options(max_retries=0).fine_tuning.jobs.create(
+                **job_request(settings, training_file, validation_file)
+            )
+        except Exception as error:
+            if not is_retryable(error) or attempt == CREATE_ATTEMPTS:
+                raise
+            log(f"job creation interrupted ({type(error).__name__}); checking whether the job exists")
+            time.sleep(2.0 * attempt)
+            continue
+        log(f"created fine-tuning job {job.id} ({job.status})")
+        return job, True
+    raise FineTuneError("the fine-tuning job could not be created")
 
 
 @dataclass

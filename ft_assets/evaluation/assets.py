@@ -11,7 +11,12 @@ from ft_assets.code_versions import source_version
 from ft_assets.metadata import markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore
 
-EVALUATION_CODE = source_version("ft_assets.evaluation.metrics", "ft_assets.evaluation.runners")
+EVALUATION_CODE = source_version(
+    "ft_assets.evaluation.metrics",
+    "ft_assets.evaluation.runners",
+    "ft_assets.evaluation.assets",
+    "ft_assets.training.lora",
+)
 RESULTS = "evaluations.json"
 TABLE_COLUMNS = [
     "model", "model_version", "n", "exact_match", "field_accuracy", "token_accuracy", "loss", "perplexity",

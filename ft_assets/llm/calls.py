@@ -168,8 +168,12 @@ def retry_after_s(error: Exception) -> float | None:
     try:
         return float(value)
     except ValueError:
+        pass
+    try:
         moment = email.utils.parsedate_to_datetime(value)
-        return max(0.0, moment.timestamp() - time.time()) if moment else None
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time()) if moment else None
 
 
 def is_retryable(error: Exception) -> bool:

@@ -88,6 +88,7 @@ class Planned:
     system: str | None
     kept_answer: str | None = None
     original: str | None = None
+    prior: tuple[tuple[str, str], ...] = ()
 
 
 def usable_examples(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -152,24 +153,27 @@ def plan(settings: Settings, examples: Sequence[dict[str, Any]], entries: Sequen
                 group = f"doc:{source_id}"
                 ask = f"Term: {source['term']}\nDefinition: {source['definition']}\n(question {variant + 1})"
                 messages = (("system", PROMPTS[mode]), ("user", ask))
-                system, kept, original = task_system, None, None
+                system, kept, original, prior = task_system, None, None, ()
             else:
                 source_id, group = source["source_id"], source["group"]
                 conversation = source["messages"]
                 system = _system_of(conversation)
                 if mode == "paraphrase":
-                    user = next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+                    if len(conversation) < 2 or conversation[-2]["role"] != "user":
+                        continue
+                    user = conversation[-2]["content"]
                     messages = (("system", PROMPTS[mode]), ("user", f"{user}\n\n(rewrite {variant + 1})"))
                     kept, original = conversation[-1]["content"], user
+                    prior = tuple((m["role"], m["content"]) for m in conversation[:-2] if m["role"] != "system")
                 else:
                     shown = [(m["role"], m["content"]) for m in conversation[:-1] if m["role"] != "system"]
                     messages = (("system", PROMPTS[mode] + ("\n\n" + system if system else "")), *shown)
-                    kept, original = None, None
+                    kept, original, prior = None, None, ()
             request = ChatRequest(settings.model, messages, settings.temperature, seed, fmt)
             planned.append(
                 Planned(
                     _example_id(mode, source_id, variant, request.body()), source_id, group, variant, mode, request,
-                    system, kept, original,
+                    system, kept, original, prior,
                 )
             )  # fmt: skip
     return planned
@@ -190,7 +194,7 @@ def build_example(item: Planned, content: str | None, generator: dict[str, Any])
     if item.mode == "paraphrase":
         if data["text"].strip() == (item.original or "").strip():
             return None, "unchanged"
-        turns = [("user", data["text"].strip()), ("assistant", item.kept_answer or "")]
+        turns = [*item.prior, ("user", data["text"].strip()), ("assistant", item.kept_answer or "")]
     elif item.mode == "documents":
         turns = [("user", data["question"].strip()), ("assistant", data["answer"].strip())]
     else:

@@ -208,10 +208,27 @@ def reference_pretrained(source: str, out_dir: Path, allow_download: bool, log: 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir / "tokenizer")
     config.save_pretrained(out_dir / "config")
-    reference = {"source": str(local.resolve()) if local.exists() else source, "allow_download": allow_download}
+    reference = {
+        "source": str(local.resolve()) if local.exists() else source,
+        "allow_download": allow_download,
+        "revision": getattr(config, "_commit_hash", None) or _folder_fingerprint(local),
+    }
     (out_dir / SOURCE_FILE).write_text(json.dumps(reference, indent=2, sort_keys=True))
     log(f"base model {source}: {config.model_type}, vocabulary {len(tokenizer)}")
     return {"source": reference["source"], "model_type": config.model_type, "vocabulary": len(tokenizer)}
+
+
+def _folder_fingerprint(folder: Path) -> str | None:
+    """Return a hash of a local model folder's file names, sizes and modification times (None if no folder)."""
+    if not folder.is_dir():
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def model_location(base_dir: str | Path) -> tuple[str, dict[str, Any]]:
