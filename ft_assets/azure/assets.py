@@ -73,14 +73,20 @@ def _client(context: dg.AssetExecutionContext, llm: LLMResource, asset: str) -> 
     return sync_client(llm.client_settings(), max_retries=5) if _configured(context, llm, asset) else None
 
 
-def training_price(model: str, override: float | None) -> float:
-    """Return the training price per million tokens of ``model`` (longest known prefix), or the override."""
+def known_training_price(model: str, override: float | None) -> float | None:
+    """Return the override, else the training price per million tokens of ``model`` (longest known prefix), if any."""
     if override is not None:
         return override
     known = [name for name in TRAINING_PRICES_PER_1M if model.startswith(name)]
-    if not known:
+    return TRAINING_PRICES_PER_1M[max(known, key=len)] if known else None
+
+
+def training_price(model: str, override: float | None) -> float:
+    """Return the training price of ``model``, or fail asking for ``price_per_1m_training_tokens``."""
+    price = known_training_price(model, override)
+    if price is None:
         raise dg.Failure(f"no training price known for {model}: set price_per_1m_training_tokens")
-    return TRAINING_PRICES_PER_1M[max(known, key=len)]
+    return price
 
 
 @dg.asset(
@@ -404,8 +410,7 @@ def azure_model_evaluation(
         return asyncio.run(batch)[0]
 
     model = json.loads(azure_fine_tuned_model.file("model.json").read_text())
-    known = [name for name in TRAINING_PRICES_PER_1M if model["base_model"].startswith(name)]
-    price = config.price_per_1m_training_tokens or (TRAINING_PRICES_PER_1M[max(known, key=len)] if known else None)
+    price = known_training_price(model["base_model"], config.price_per_1m_training_tokens)
     tuned_prices = Prices(config.fine_tuned_input_usd_per_1m, config.fine_tuned_output_usd_per_1m)
     base_prices = Prices(config.base_input_usd_per_1m, config.base_output_usd_per_1m)
     tuned = _api_row(f"azure:{model['fine_tuned_model']}", azure_fine_tuned_model.version,

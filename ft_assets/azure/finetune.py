@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -285,10 +285,6 @@ def results(client: Any, job: Any) -> tuple[list[dict[str, float | None]], list[
     checkpoints = [
         {"id": c.id, "step": c.step_number, "model": c.fine_tuned_model_checkpoint,
          "metrics": c.metrics.model_dump() if getattr(c, "metrics", None) else {}}
-        for c in _all(client.fine_tuning.jobs.checkpoints.list(job.id))
+        for c in client.fine_tuning.jobs.checkpoints.list(job.id)
     ]  # fmt: skip
     return metrics, checkpoints
-
-
-def _all(pages: Iterable[Any]) -> list[Any]:
-    return list(pages)
