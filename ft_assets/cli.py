@@ -126,21 +126,45 @@ _walk_command("impact", "Show TARGET (ASSET[@VERSION], default latest) and every
 
 
 @lineage.command()
-@click.argument("example_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--db", default=DEFAULT_DB, show_default=True)
-def example(example_id: str, as_json: bool, db: str) -> None:
-    """Show which split versions hold EXAMPLE_ID, and where it came from."""
-    from ft_assets.lineage.queries import splits_with_example
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+def example(target: str, as_json: bool, db: str) -> None:
+    """Show where TARGET (an example id, or FILE:LINE of a raw input) ended up.
 
-    rows = splits_with_example(db, example_id)
+    Kept: every split version holding it, where it came from and the models made from it.
+    Otherwise: whether the newest cleaned_examples versions rejected it, and why. Exits 1 when
+    neither is found. FILE is the path as recorded, a path from here, or a unique ending of it.
+    """
+    from ft_assets.lineage import queries
+
+    if not Path(db).exists():
+        raise click.ClickException(f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)")
+    try:
+        result = queries.find_example(db, target)
+    except queries.AmbiguousFile as error:
+        raise click.ClickException(str(error)) from error
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-    elif not rows:
-        raise click.ClickException(f"example {example_id!r} is in no recorded split")
-    for row in rows if not as_json else []:
+        click.echo(json.dumps(result, indent=2, default=str))
+        if result["status"] == "not_found":
+            click.echo(result["message"], err=True)
+            sys.exit(1)
+        return
+    if result["status"] == "not_found":
+        raise click.ClickException(result["message"])
+    for row in result["splits"]:
         origin = row["source_example_id"] or f"{row['source_file']}:{row['source_line']}"
-        click.echo(f"{row['asset']}@{row['data_version']}  position {row['position']}  from {origin}")
+        named = f"  example {row['example_id']}" if result["kind"] == "location" else ""
+        click.echo(f"{row['asset']}@{row['data_version']}  position {row['position']}{named}  from {origin}")
+        if row["models"]:
+            click.echo(f"  models: {', '.join(row['models'])}")
+    for record in result["rejected"]:
+        where = f"{record['file']}:{record['line']}"
+        subject = where if result["kind"] == "location" else f"example {target} ({where})"
+        why = ", ".join(record["reasons"])
+        if record.get("duplicate_of"):
+            why += f" (duplicate of {record['duplicate_of']['file']}:{record['duplicate_of']['line']})"
+        click.echo(f"{subject} was rejected by cleaned_examples@{record['cleaned_examples']}: {why}")
 
 
 EVAL_COLUMNS = (

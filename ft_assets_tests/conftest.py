@@ -1,7 +1,9 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +39,8 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture
 def shipped_raw() -> Path:
     return ROOT / "data" / "raw"
+
+
+settings.register_profile("default", max_examples=60)
+settings.register_profile("long", max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -12,6 +12,7 @@ from ft_assets.azure.finetune import default_epochs, estimate, parse_results
 from ft_assets.definitions import defs
 from ft_assets.lineage import queries
 from ft_assets.lineage.store import connect
+from ft_assets.llm.client import sync_client
 from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets_tests.conftest import ROOT
 from ft_assets_tests.standin import StandIn
@@ -137,6 +138,47 @@ def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
     texts = [p.read_text(errors="replace") for p in project.rglob("*") if p.is_file() and p.suffix != ".duckdb"]
     texts.append(db.read_bytes().decode("latin-1"))
     assert not any(API_KEY in text for text in texts)
+
+
+SPLIT_ROWS = [
+    {"id": "ex-1", "messages": [
+        {"role": "system", "content": "Label the invoice."}, {"role": "user", "content": "Invoice 1", "name": "clerk"},
+        {"role": "assistant", "content": "Category: Software", "weight": 0}, {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Category: Travel", "weight": 1}]},
+    {"id": "ex-2", "input": {"messages": [{"role": "user", "content": "Invoice 2"}]},
+     "preferred_output": [{"role": "assistant", "content": "Category: Travel"}],
+     "non_preferred_output": [{"role": "assistant", "content": "Category: Utilities"}]},
+    {"messages": [{"role": "user", "content": "Invoice 3"}, {"role": "assistant", "content": "Category: Travel"}],
+     "tools": [{"type": "function", "function": {"name": "lookup"}}], "parallel_tool_calls": False},
+]  # fmt: skip
+
+
+def _publish_split(project: Path, asset: str, lines: list[bytes]) -> None:
+    """Publish a hand-written split artifact and point the IO manager at it (no data step needed)."""
+    store = ArtifactStore(root=str(project / "artifacts"))
+    with store.stage(asset) as staging:
+        (staging / "data.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+        ref = store.publish(staging, asset)
+    (project / "artifacts" / asset / "latest.json").write_text(json.dumps(ref.__dict__))
+
+
+def test_uploaded_files_keep_weights_and_drop_example_ids(project):
+    lines = [json.dumps(row).encode() for row in SPLIT_ROWS]
+    _publish_split(project, "train_split", lines)
+    _publish_split(project, "validation_split", lines[:1])
+    with StandIn(API_KEY) as server, dg.DagsterInstance.ephemeral() as instance:
+        llm = _azure_llm(server, project)
+        result = _run(project, llm, instance, ["azure_training_files"])
+        assert result.success
+        metadata = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+        with sync_client(llm.client_settings()) as client:
+            train = client.files.content(metadata["training_file"].value).read()
+            validation = client.files.content(metadata["validation_file"].value).read()
+    uploaded = [json.loads(line) for line in train.splitlines()]
+    assert uploaded == [{key: value for key, value in row.items() if key != "id"} for row in SPLIT_ROWS]
+    assert uploaded[0]["messages"][2]["weight"] == 0 and uploaded[0]["messages"][1]["name"] == "clerk"
+    assert train.splitlines()[2] == lines[2], "a row without an id goes byte for byte"
+    assert [json.loads(line) for line in validation.splitlines()] == uploaded[:1]
 
 
 def test_a_failing_job_fails_the_model_with_the_service_message(project):

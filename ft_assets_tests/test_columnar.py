@@ -4,10 +4,9 @@ import json
 import random
 from collections import Counter
 
-import pyarrow as pa
-
 from ft_assets.dataset.columnar import ChunkLines, candidate_lines, fast_rows
-from ft_assets.dataset.scan import CleanConfig, _scan_line, normalized_hashes
+from ft_assets.dataset.read import NO_SPLIT
+from ft_assets.dataset.scan import CleanConfig, scan_chunk_lines
 
 PIECES = [
     "plain text",
@@ -74,26 +73,35 @@ def _rows(count: int, seed: int) -> list[bytes]:
     return lines
 
 
-def test_fast_path_matches_the_reference_on_every_accepted_row():
-    lines = _rows(3000, seed=11)
+def _scan_both(lines: list[bytes], config: CleanConfig, split_hint: int = NO_SPLIT) -> list[tuple]:
+    """Scan the same lines on the fast path and on the reference path only; return both outcomes."""
     chunk = ChunkLines.of(b"\n".join(lines) + b"\n")
+    outcomes = []
+    for fast in (True, False):
+        reasons: Counter[str] = Counter()
+        rejected: list[bytes] = []
+        out, index = scan_chunk_lines(chunk, config, reasons, rejected, split_hint, fast=fast)
+        outcomes.append((out.to_pylist(), index.drop_columns(["offset"]).to_pylist(), dict(reasons), rejected))
+    return outcomes
+
+
+def test_fast_path_matches_the_reference_on_every_row():
+    lines = _rows(3000, seed=11)
     for strip in (True, False):
         config = CleanConfig(format="chat", max_tokens=40, strip_markdown=strip)
-        fast = fast_rows(chunk, config.max_tokens, config.strip_markdown)
-        assert len(fast.lines) > 300, "the corpus exercises the fast path"
-        fast_hashes = normalized_hashes(fast.payload)
-        payloads = fast.payload.to_pylist()
-        ids = fast.example_id.to_pylist()
-        tokens = fast.tokens.tolist()
-        for position, index in enumerate(fast.lines.tolist()):
-            kept = _scan_line(lines[index], index + 1, config, Counter(), [])
-            assert kept is not None, lines[index]
-            payload, reference_tokens, example_id, _, _, fixes = kept
-            assert fixes == 0
-            assert payload.decode() == payloads[position], lines[index]
-            assert reference_tokens == tokens[position]
-            assert example_id == ids[position]
-        assert normalized_hashes(pa.array(payloads)).tolist() == fast_hashes.tolist()
+        chunk = ChunkLines.of(b"\n".join(lines) + b"\n")
+        assert len(fast_rows(chunk, config.max_tokens, strip).lines) > 300, "the corpus exercises the fast path"
+        fast, reference = _scan_both(lines, config)
+        assert fast == reference
+
+
+def test_fast_path_payload_is_what_orjson_writes():
+    lines = _rows(500, seed=3)
+    fast = fast_rows(ChunkLines.of(b"\n".join(lines) + b"\n"), 40, True)
+    for index, payload in zip(fast.lines.tolist(), fast.payload.to_pylist(), strict=True):
+        row = json.loads(lines[index])
+        expected = {"messages": row["messages"]}
+        assert payload == json.dumps(expected, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_candidate_lines_only_takes_one_object_per_line():

@@ -1,12 +1,15 @@
 """The training core on a tiny model: tokenizer and base model, LoRA training, merging, evaluation runners."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
+from ft_assets.artifacts import ArtifactRef
 from ft_assets.evaluation.runners import eval_cases, few_shot_examples, load_model, run_local, with_shots
+from ft_assets.training.assets import model_card
 from ft_assets.training.base_model import (
     BaseModelError,
     TinyModelSpec,
@@ -14,7 +17,8 @@ from ft_assets.training.base_model import (
     model_location,
     reference_pretrained,
 )
-from ft_assets.training.lora import LoraSettings, TrainingError, read_rows, train_lora
+from ft_assets.training.chat_rows import chat_examples, row_messages
+from ft_assets.training.lora import LoraSettings, TrainingError, load_base, read_rows, sft_trainer, train_lora
 from ft_assets.training.merge import MergeError, logits_difference, merge_adapter
 from ft_assets_tests.conftest import chat, write_jsonl
 
@@ -26,7 +30,9 @@ CATEGORIES = ["Travel", "Software", "Utilities"]
 def _rows(n: int, offset: int = 0) -> list[dict]:
     return [
         chat(
-            f"Invoice {i} from vendor {CATEGORIES[i % 3].lower()}co", f"Category: {CATEGORIES[i % 3]}\nVendor: V{i % 3}"
+            f"Invoice {i} from vendor {CATEGORIES[i % 3].lower()}co",
+            f"Category: {CATEGORIES[i % 3]}\nVendor: V{i % 3}",
+            id=f"example-{i}",  # split rows carry an example id: training and evaluation ignore it
         )
         for i in range(offset, offset + n)
     ]
@@ -91,15 +97,98 @@ def test_qlora_and_gpu_precisions_fail_clearly_without_cuda(trained):
             train_lora(trained["root"] / "base", trained["train"], None, trained["root"] / "never", settings)
 
 
-def test_preference_rows_are_refused_for_sft(trained, tmp_path):
-    preference = {
-        "input": {"messages": [{"role": "user", "content": "q"}]},
-        "preferred_output": [],
-        "non_preferred_output": [],
+def _preference(i: int) -> dict:
+    return {
+        "id": f"pref-{i}",
+        "input": {"messages": [{"role": "user", "content": f"Invoice {i} from vendor travelco"}]},
+        "preferred_output": [{"role": "assistant", "content": "Category: Travel\nVendor: V0"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Category: Software\nVendor: V1"}],
     }
-    path = write_jsonl(tmp_path / "pref.jsonl", [preference])
-    with pytest.raises(TrainingError, match="preference rows"):
+
+
+def test_preference_rows_train_as_input_plus_preferred_output_and_are_counted(trained, tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [*_rows(6), _preference(1), _preference(2)])
+    summary = train_lora(trained["root"] / "base", path, None, tmp_path / "out", FAST, log=lambda _: None)
+    assert summary["train_examples"] == 8
+    assert summary["data"]["train"]["preference_rows_as_chat"] == 2
+    card = model_card(*(ArtifactRef(name, "v1", str(tmp_path)) for name in ("b", "t", "v")), summary)
+    assert "Of 8 train rows: 2 preference rows trained as input + preferred answer" in card
+    assert row_messages(_preference(1)) == [
+        {"role": "user", "content": "Invoice 1 from vendor travelco"},
+        {"role": "assistant", "content": "Category: Travel\nVendor: V0", "weight": 1},
+    ]
+
+
+def _weighted_row() -> dict:
+    return {
+        "id": "weighted",
+        "messages": [
+            {"role": "system", "content": "Label the invoice."},
+            {"role": "user", "content": "Invoice 1 from vendor travelco"},
+            {"role": "assistant", "content": "Category: Software", "weight": 0},
+            {"role": "user", "content": "Invoice 2 from vendor utilitiesco"},
+            {"role": "assistant", "content": "Category: Utilities", "weight": 1},
+            {"role": "user", "content": "Invoice 3 from vendor travelco"},
+            {"role": "assistant", "content": "Category: Travel"},
+        ],
+    }
+
+
+def test_weight_zero_turns_get_no_loss_in_the_sft_trainer(trained, tmp_path):
+    model, tokenizer = load_base(trained["root"] / "base")
+    examples = chat_examples([_weighted_row()])
+    assert examples.weight_zero_turns == 1
+    trainer = sft_trainer(model, tokenizer, examples.conversations, [], FAST, tmp_path, "fp32")
+    ids, labels = trainer.train_dataset[0]["input_ids"], trainer.train_dataset[0]["labels"]
+    learned = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
+    assert learned == "Category: Utilities<|end|>Category: Travel<|end|>"
+    assert "Category: Software" in tokenizer.decode(ids), "a weight-0 turn stays in the context"
+    assert all(label in (-100, t) for t, label in zip(ids, labels, strict=True))
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["labels"][0].tolist() == labels, "the collator passes these labels to the loss as they are"
+
+
+def test_rows_whose_turns_all_have_weight_zero_are_skipped_and_counted():
+    row = _weighted_row()
+    for message in row["messages"]:
+        if message["role"] == "assistant":
+            message["weight"] = 0
+    examples = chat_examples([row, *_rows(2)])
+    assert len(examples.conversations) == 2
+    assert examples.summary()["rows_without_trained_turn"] == 1 and examples.weight_zero_turns == 3
+
+
+def test_a_name_is_folded_into_user_turns_and_refused_on_assistant_turns():
+    row = chat("Invoice 9", "Category: Travel")
+    row["messages"][1]["name"] = "ap_clerk"
+    assert row_messages(row)[1] == {"role": "user", "content": "ap_clerk: Invoice 9"}
+    row["messages"][2]["name"] = "labeller"
+    examples = chat_examples([row])
+    assert examples.refused == {"assistant_name": [1]}
+    assert "would become part of the answer" in examples.refusal("train.jsonl")
+
+
+def test_tool_calling_rows_are_refused_with_a_count(trained, tmp_path):
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}  # fmt: skip
+    with_call = {"messages": [{"role": "user", "content": "Invoice 1"}, call,
+                              {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                              {"role": "assistant", "content": "Category: Travel"}]}  # fmt: skip
+    with_tools = {**chat("Invoice 2", "Category: Travel"), "tools": [{"type": "function", "function": {"name": "f"}}]}
+    path = write_jsonl(tmp_path / "tools.jsonl", [*_rows(3), with_call, with_tools])
+    with pytest.raises(TrainingError, match=r"2 of 5 rows .*: 2 use tool calling .*\(rows 4, 5\)"):
         train_lora(trained["root"] / "base", path, None, tmp_path / "out", FAST)
+
+
+def test_eval_cases_ignore_ids_read_preference_rows_and_count_skipped_rows():
+    tool_row = {**chat("Invoice 2", "Category: Travel"), "tools": []}
+    skipped = Counter()
+    no_answer = {"id": "x", "messages": [{"role": "user", "content": "q"}]}
+    cases = eval_cases([*_rows(2), _preference(5), tool_row, no_answer], skipped)
+    assert len(cases) == 3
+    assert cases[2].prompt == [{"role": "user", "content": "Invoice 5 from vendor travelco"}]
+    assert cases[2].gold == "Category: Travel\nVendor: V0"
+    assert skipped == {"tool_calling": 1, "no_assistant_turn": 1}
 
 
 def test_merged_logits_match_base_plus_adapter_and_it_reloads(trained):

@@ -9,7 +9,10 @@ service's own message.
 """
 
 import json
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
@@ -107,8 +110,12 @@ def azure_training_files(
     artifacts: ArtifactStore,
     lineage: LineageStore,
 ) -> Iterator[dg.Output[ArtifactRef]]:
-    """Estimate the cost, then upload both splits (each once: an uploaded split version is found again)."""
-    from ft_assets.azure.finetune import FineTuneError, estimate, file_name, upload
+    """Estimate the cost, then upload both splits (each once: an uploaded split version is found again).
+
+    What is uploaded is each split without its rows' top-level ``id`` (``service_file``); ``weight`` and
+    everything else the data step validated goes as it is.
+    """
+    from ft_assets.azure.finetune import FineTuneError, estimate, file_name, service_file, upload
     from ft_assets.training.lora import read_rows
 
     client = _client(context, llm, "azure_training_files")
@@ -127,12 +134,13 @@ def azure_training_files(
         )
     uploaded = {}
     try:
-        with client:
+        with client, tempfile.TemporaryDirectory(prefix="ft-assets-upload-") as scratch:
             for name, split in (("train", train_split), ("validation", validation_split)):
                 if split.file("data.jsonl").stat().st_size == 0:
                     continue
                 name_of = file_name(name, split.version)
-                file_id, new = upload(client, split.file("data.jsonl"), name_of, log=context.log.info)
+                path = service_file(split.file("data.jsonl"), Path(scratch) / name_of)
+                file_id, new = upload(client, path, name_of, log=context.log.info)
                 uploaded[name] = {"file_id": file_id, "name": name_of, "uploaded_now": new}
     except FineTuneError as error:
         raise dg.Failure(f"azure_training_files: {error}") from error
@@ -394,7 +402,10 @@ def azure_model_evaluation(
                             "fine_tuned_deployment")  # fmt: skip
         return
     settings = llm.client_settings()
-    cases = eval_cases(read_rows(test_split.file("data.jsonl")))
+    skipped: Counter[str] = Counter()
+    cases = eval_cases(read_rows(test_split.file("data.jsonl")), skipped)
+    if skipped:
+        context.log.warning(f"azure_model_evaluation: test rows skipped, by reason: {dict(skipped)}")
     shots = few_shot_examples(read_rows(train_split.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
     golds = [case.gold for case in cases]
 

@@ -2,6 +2,7 @@
 
 - ``estimate``: billed training tokens and cost before anything is uploaded (the OpenAI cookbook's
   epoch rule: 3 epochs, more for small sets, fewer for huge ones; tokens per example capped);
+- ``service_file``: a split as the service takes it: each row without its top-level ``id``;
 - ``upload``: idempotent: a file is named after its content hash and an already processed file
   with that name is reused, so a restarted run uploads nothing twice;
 - ``find_or_create_job``: idempotent: a job created earlier for the same files and parameters
@@ -35,6 +36,8 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 # A create that timed out may still have happened: never let the client re-send it blindly.
 CREATE_ATTEMPTS = 4
 KEY_FIELD = "ft_assets_key"
+# Top-level keys of a split row that the fine-tuning file format has no place for (``id``: the example id).
+LOCAL_ONLY_KEYS = ("id",)
 
 
 class FineTuneError(RuntimeError):
@@ -98,6 +101,27 @@ def estimate(
         "estimated_cost_usd": round(billed * price_per_1m_tokens / 1e6, 4),
         "token_counts": "estimated (characters / 4 + 3 per message): no tokenizer download here",
     }
+
+
+def service_file(split_path: Path, out_path: Path) -> Path:
+    """Write the split at ``split_path`` to ``out_path`` as the service takes it, and return ``out_path``.
+
+    Each row loses its top-level ``id`` (an example id the service's format has no key for); everything
+    else is kept as it is: messages with ``weight``, ``name``, ``tool_calls``, row-level ``tools``,
+    preference rows. A row without such a key is copied byte for byte. The result is a function of the
+    split's content, so the upload stays named after the split version.
+    """
+    with open(split_path, "rb") as source, open(out_path, "wb") as out:
+        for line in source:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            kept = line.rstrip(b"\r\n")
+            if isinstance(row, dict) and any(key in row for key in LOCAL_ONLY_KEYS):
+                service_row = {key: value for key, value in row.items() if key not in LOCAL_ONLY_KEYS}
+                kept = json.dumps(service_row, ensure_ascii=False).encode()
+            out.write(kept + b"\n")
+    return out_path
 
 
 def file_name(split: str, version: str) -> str:

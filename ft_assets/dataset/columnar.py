@@ -19,17 +19,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ft_assets.dataset.text import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_PER_REPLY
+from ft_assets.dataset.read import SPLIT_NAMES
+from ft_assets.dataset.text import (
+    CHARS_PER_TOKEN,
+    FREE_TEXT_MIN_WORDS,
+    SENTENCE_ENDS,
+    TOKENS_PER_MESSAGE,
+    TOKENS_PER_REPLY,
+)
 
-LABELS = ("id", "group", "source_id")
+LABELS = ("id", "group", "source_id", "split")
 SCHEMA = pa.schema(
     [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
     + [(name, pa.string()) for name in LABELS]
 )
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
-_LABEL_CLASH = re.compile(r"Column\(/(?:id|group|source_id)\)")
-_NON_STRING_LABEL = re.compile(rb'"(?:id|group|source_id)"\s*:\s*[^"\s]')
+_LABEL_CLASH = re.compile(r"Column\(/(?:id|group|source_id|split)\)")
+_NON_STRING_LABEL = re.compile(rb'"(?:id|group|source_id|split)"\s*:\s*[^"\s]')
+# A JSON escape of a UTF-16 surrogate: a lone one is not text; Arrow would not say so.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 MAX_FAILED_PARSES = 64
 
 
@@ -43,12 +52,15 @@ class FastRows:
     example_id: pa.Array
     group_id: pa.Array
     source_id: pa.Array
+    split: pa.Array
+    prompt: pa.Array
+    answer: pa.Array
 
     @classmethod
     def empty(cls) -> FastRows:
         """No rows."""
         none = pa.array([], pa.string())
-        return cls(np.zeros(0, np.int64), none, np.zeros(0, np.int64), none, none, none)
+        return cls(np.zeros(0, np.int64), none, np.zeros(0, np.int64), none, none, none, none, none, none)
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,29 @@ class ChunkLines:
         return self.data[start : start + int(self.lengths[index])]
 
 
+def _invalid_text_lines(lines: ChunkLines) -> np.ndarray:
+    """Return a mask of lines that hold invalid UTF-8 or a JSON surrogate escape (Arrow accepts both)."""
+    bad = np.zeros(len(lines), dtype=bool)
+    try:
+        lines.data.decode("utf-8")
+    except UnicodeDecodeError:
+        for index in range(len(lines)):
+            try:
+                lines[index].decode("utf-8")
+            except UnicodeDecodeError:
+                bad[index] = True
+    escapes = [m.start() for m in _SURROGATE_ESCAPE.finditer(lines.data)]
+    if escapes:
+        bad[np.searchsorted(lines.starts, escapes, side="right") - 1] = True
+    return bad
+
+
 def candidate_lines(lines: ChunkLines) -> np.ndarray:
     """Return indices of the lines that start with '{' and end with '}' (before an optional CR).
 
     Such lines cannot continue a JSON value from, or into, a neighbouring line, so a parse of
-    many of them yields exactly one row per line or an error.
+    many of them yields exactly one row per line or an error. Lines that are not valid text
+    (invalid UTF-8, surrogate escapes) are left to the per-line path.
     """
     buffer = np.frombuffer(lines.data, dtype=np.uint8)
     starts, lengths = lines.starts, lines.lengths
@@ -89,7 +119,7 @@ def candidate_lines(lines: ChunkLines) -> np.ndarray:
     crlf = nonempty & (buffer[last] == ord("\r")) & (lengths > 1)
     last = np.where(crlf, last - 1, last)
     first = buffer[np.where(nonempty, starts, 0)]
-    return np.flatnonzero(nonempty & (first == ord("{")) & (buffer[last] == ord("}")))
+    return np.flatnonzero(nonempty & (first == ord("{")) & (buffer[last] == ord("}")) & ~_invalid_text_lines(lines))
 
 
 def _parse(block: bytes) -> pa.Table:
@@ -212,11 +242,49 @@ _FLAGS = _byte_table(
 )
 
 
-def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+_SENTENCE_END_BYTES = np.zeros(256, dtype=bool)
+_SENTENCE_END_BYTES[[ord(c) for c in SENTENCE_ENDS if ord(c) < 0x80]] = True
+_LINE_WINDOW = 8
+
+
+def _line_starts_flagged(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, markdown: np.ndarray, answer: np.ndarray
+) -> np.ndarray:
+    """Flag contents with a line whose first non-blank byte may open a rule (``-``) or a follow-up (``Q``).
+
+    Rules are looked for in ``markdown`` contents, follow-up questions in ``answer`` contents; a
+    line starting with more blanks than the window looks at is flagged too (conservative).
+    """
+    subject = markdown | answer
+    newlines = np.flatnonzero(data == ord("\n"))
+    owners = np.concatenate([np.flatnonzero(subject), np.searchsorted(ends, newlines, side="right")])
+    line_starts = np.concatenate([starts[subject], newlines + 1])
+    keep = subject[owners]
+    owners, line_starts = owners[keep], line_starts[keep]
+    flagged = np.zeros(len(starts), dtype=bool)
+    if not len(owners):
+        return flagged
+    at = line_starts[:, None] + np.arange(_LINE_WINDOW)
+    inside = at < ends[owners][:, None]
+    window = data[np.minimum(at, len(data) - 1)]
+    visible = inside & (window != ord(" ")) & (window != ord("\t"))
+    first = np.argmax(visible, axis=1)
+    byte = window[np.arange(len(owners)), first]
+    found = visible.any(axis=1)
+    hit = (found & markdown[owners] & (byte == ord("-"))) | (found & answer[owners] & ((byte | 0x20) == ord("q")))
+    hit |= ~found & inside[:, -1]
+    flagged[owners[hit]] = True
+    return flagged
+
+
+def _inspect_contents(
+    content: pa.Array, markdown: np.ndarray | None, answer: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Flag contents the Python path must see, and count the characters JSON escapes in each.
 
-    The Python path must see contents that are empty, need trimming, hold control characters, or
-    (answers only) hold markdown.
+    The Python path must see contents that are empty, need trimming, hold control characters,
+    (where ``markdown`` says so) may hold markdown debris, or (``answer``) may hold a leaked
+    follow-up question or stop mid-sentence.
     """
     data, offsets = string_buffers(content)
     starts, ends = offsets[:-1], offsets[1:]
@@ -226,7 +294,8 @@ def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[
         return flagged, escapes
     nonempty = ~flagged
     flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
-    flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
+    last = data[np.where(nonempty, ends - 1, 0)]
+    flagged |= nonempty & (_FLAGS[last] & _SPACE_LAST > 0)
     # Whole-buffer comparisons (vectorized) first, a table lookup only on the few hits.
     low = np.flatnonzero(data < 0x20)
     low_flags = _FLAGS[data[low]]
@@ -234,17 +303,36 @@ def _inspect_contents(content: pa.Array, assistant: np.ndarray | None) -> tuple[
     quoted = np.flatnonzero((data == ord('"')) | (data == ord("\\")))
     owners = np.searchsorted(ends, np.concatenate([low[low_flags & _ESCAPED > 0], quoted]), side="right")
     escapes = np.bincount(owners, minlength=len(flagged))
-    if assistant is not None:
+    # An answer not ending like a sentence, with enough separators to be free text, may be cut off.
+    open_ended = answer & nonempty & ~_SENTENCE_END_BYTES[last]
+    if open_ended.any():
+        separators = np.flatnonzero((data == ord(" ")) | (data == ord("\t")) | (data == ord("\n")))
+        count = np.bincount(np.searchsorted(ends, separators, side="right"), minlength=len(flagged))
+        flagged |= open_ended & (count >= FREE_TEXT_MIN_WORDS - 1)
+    if markdown is not None:
         marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))
+        marks = np.concatenate([marks, np.flatnonzero(data == ord("~"))])
         following = data[np.minimum(marks + 1, len(data) - 1)]
-        single = (data[marks] == ord("`")) | (data[marks] == ord("#")) | (following == data[marks])
+        single = (data[marks] != ord("_")) | (following == ord("_"))
         owners = np.searchsorted(ends, marks[single], side="right")
-        flagged[owners[assistant[owners]]] = True
+        flagged[owners[markdown[owners]]] = True
+    flagged |= _line_starts_flagged(
+        data, starts, ends, markdown if markdown is not None else np.zeros(len(flagged), bool), answer
+    )
     return flagged, escapes
 
 
-def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """Return (accepted row mask, tokens, canonical payload of accepted rows) for one parsed table."""
+def _per_row_text(content: pa.Array, selected: np.ndarray, row_of: np.ndarray, n_rows: int) -> pa.Array:
+    """Join the ``selected`` messages of each row with newlines (an empty string where none)."""
+    counts = np.bincount(row_of[selected], minlength=n_rows)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), content.filter(pa.array(selected))), "\n")
+
+
+def accept(
+    table: pa.Table, max_tokens: int, strip_markdown: bool
+) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array, pa.Array]:
+    """Return (accepted row mask, tokens, canonical payload, prompt, answer of accepted rows) for one table."""
     n_rows = table.num_rows
     columns = {name: table[name].combine_chunks() for name in table.column_names}
     ok = np.ones(n_rows, dtype=bool)
@@ -253,6 +341,9 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
             ok &= values.is_null().to_numpy(zero_copy_only=False)
     for name in LABELS:
         ok &= pc.greater(pc.utf8_length(columns[name]), 0).fill_null(True).to_numpy(zero_copy_only=False)
+    ok &= pc.is_in(columns["split"], pa.array(list(SPLIT_NAMES))).to_numpy(zero_copy_only=False) | columns[
+        "split"
+    ].is_null().to_numpy(zero_copy_only=False)
     messages = columns["messages"]
     lengths = pc.list_value_length(messages).fill_null(0).to_numpy(zero_copy_only=False)
     ok &= lengths >= 2
@@ -272,7 +363,8 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
         role[pc.equal(role_text, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
     bad_message |= role < 0
     bad_message |= content.is_null().to_numpy(zero_copy_only=False)
-    needs_python, escapes = _inspect_contents(content, role == ROLE_CODES["assistant"] if strip_markdown else None)
+    is_answer = role == ROLE_CODES["assistant"]
+    needs_python, escapes = _inspect_contents(content, role >= 0 if strip_markdown else None, is_answer)
     bad_message |= needs_python
     position = np.arange(n_messages) - np.repeat(offsets[:-1], np.diff(offsets))
     bad_message |= (role == ROLE_CODES["system"]) & (position > 0)
@@ -280,23 +372,34 @@ def accept(table: pa.Table, max_tokens: int, strip_markdown: bool) -> tuple[np.n
     previous_user = np.concatenate([[False], is_user[:-1]]) & (position > 0)
     bad_message |= is_user & previous_user
     users_so_far = _segment_first(is_user, offsets, n_rows)
-    bad_message |= (role == ROLE_CODES["assistant"]) & (users_so_far == 0)
+    bad_message |= is_answer & (users_so_far == 0)
     row_of = np.repeat(np.arange(n_rows), np.diff(offsets))
     ok &= np.bincount(row_of[bad_message], minlength=n_rows) == 0
-    ok &= np.bincount(row_of[role == ROLE_CODES["assistant"]], minlength=n_rows) > 0
+    ok &= np.bincount(row_of[is_answer], minlength=n_rows) > 0
     characters = np.bincount(
         row_of, weights=pc.utf8_length(content).fill_null(0).to_numpy(zero_copy_only=False), minlength=n_rows
     ).astype(np.int64)
     tokens = -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * lengths + TOKENS_PER_REPLY
     ok &= tokens <= max_tokens
     keep_messages = np.repeat(ok, np.diff(offsets))
-    kept_content = _escape(content.filter(pa.array(keep_messages)), escapes[keep_messages])
-    kept_role = role_text.filter(pa.array(keep_messages))
-    message_json = pc.binary_join_element_wise('{"content":"', kept_content, '","role":"', kept_role, '"}', "")
+    kept_content = content.filter(pa.array(keep_messages))
+    kept_row_of = np.repeat(np.arange(int(ok.sum())), lengths[ok])
+    kept_role = role[keep_messages]
+    later_answer = np.zeros(len(kept_role), dtype=bool)
+    answers = np.flatnonzero(kept_role == ROLE_CODES["assistant"])
+    later_answer[answers[:-1]] = kept_row_of[answers[:-1]] == kept_row_of[answers[1:]]
+    prompt = _per_row_text(kept_content, kept_role == ROLE_CODES["user"], kept_row_of, int(ok.sum()))
+    answer = _per_row_text(
+        kept_content, (kept_role == ROLE_CODES["assistant"]) & ~later_answer, kept_row_of, int(ok.sum())
+    )
+    escaped = _escape(kept_content, escapes[keep_messages])
+    message_json = pc.binary_join_element_wise(
+        '{"content":"', escaped, '","role":"', role_text.filter(pa.array(keep_messages)), '"}', ""
+    )
     kept_offsets = np.concatenate([[0], np.cumsum(lengths[ok])]).astype(np.int32)
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(kept_offsets), message_json), ",")
     payload = pc.binary_join_element_wise('{"messages":[', joined, "]}", "")
-    return ok, tokens, payload
+    return ok, tokens, payload, prompt, answer
 
 
 def _blank_others(lines: ChunkLines, candidates: np.ndarray) -> bytes:
@@ -316,27 +419,38 @@ def fast_rows(lines: ChunkLines, max_tokens: int, strip_markdown: bool) -> FastR
     """Parse and validate the candidate lines of a chunk; return the rows accepted (the rest go to Python)."""
     candidates = candidate_lines(lines)
     parts, _ = parse_lines(lines, candidates, _blank_others(lines, candidates))
-    taken, payloads, tokens, labels = [], [], [], {name: [] for name in LABELS}
+    columns: dict[str, list[pa.Array]] = {name: [] for name in ("payload", "prompt", "answer", *LABELS)}
+    taken, tokens = [], []
     for positions, table in parts:
-        ok, row_tokens, payload = accept(table, max_tokens, strip_markdown)
+        ok, row_tokens, payload, prompt, answer = accept(table, max_tokens, strip_markdown)
         taken.append(positions[ok])
-        payloads.append(payload)
         tokens.append(row_tokens[ok])
+        columns["payload"].append(payload)
+        columns["prompt"].append(prompt)
+        columns["answer"].append(answer)
         mask = pa.array(ok)
         for name in LABELS:
-            labels[name].append(table[name].combine_chunks().filter(mask))
+            columns[name].append(table[name].combine_chunks().filter(mask))
     if not taken:
         return FastRows.empty()
-    if len(parts) == 1:  # the lines of a part are in order
-        return FastRows(taken[0], payloads[0], tokens[0], labels["id"][0], labels["group"][0], labels["source_id"][0])
     lines_taken = np.concatenate(taken)
-    order = np.argsort(lines_taken, kind="stable")
-    take = pa.array(order)
+    if len(parts) == 1:  # the lines of a part are in order
+        merged = {name: arrays[0] for name, arrays in columns.items()}
+        order = None
+    else:
+        order = np.argsort(lines_taken, kind="stable")
+        take = pa.array(order)
+        merged = {name: pa.concat_arrays(arrays).take(take) for name, arrays in columns.items()}
+        lines_taken = lines_taken[order]
+    row_tokens = np.concatenate(tokens)
     return FastRows(
-        lines=lines_taken[order],
-        payload=pa.concat_arrays(payloads).take(take),
-        tokens=np.concatenate(tokens)[order],
-        example_id=pa.concat_arrays(labels["id"]).take(take),
-        group_id=pa.concat_arrays(labels["group"]).take(take),
-        source_id=pa.concat_arrays(labels["source_id"]).take(take),
+        lines=lines_taken,
+        payload=merged["payload"],
+        tokens=row_tokens if order is None else row_tokens[order],
+        example_id=merged["id"],
+        group_id=merged["group"],
+        source_id=merged["source_id"],
+        split=merged["split"],
+        prompt=merged["prompt"],
+        answer=merged["answer"],
     )

@@ -15,6 +15,8 @@ Format = Literal["chat", "preference"]
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"})
 CHAT_PASSTHROUGH_KEYS = ("tools", "parallel_tool_calls")
+# Top-level keys that label a row: kept in the index (and ``id`` in the split files), not validated as content.
+LABEL_KEYS = frozenset({"id", "group", "source_id", "split"})
 
 REASONS: dict[str, str] = {
     "blank_line": "the line is empty or whitespace",
@@ -41,6 +43,9 @@ REASONS: dict[str, str] = {
     "identical_outputs": "preferred and non-preferred outputs are the same",
     "invalid_id": "'id' is not a non-empty string or an integer",
     "invalid_group": "'group' is not a non-empty string or an integer",
+    "invalid_split": "'split' is not train, validation (valid, val, dev) or test",
+    "leaked_followup": "the answer goes on with a new question (suspicious: reject)",
+    "cut_off_answer": "a free-text answer stops mid-sentence (suspicious: reject)",
     "too_many_tokens": "more tokens than the configured limit",
     "exact_duplicate": "the same example appears earlier",
     "normalized_duplicate": "an example equal up to case, whitespace and markdown appears earlier",

@@ -16,6 +16,7 @@ import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 KEEP_BYTES = str(256 * 1024 * 1024)
 WORKER_ENVIRONMENT = {
@@ -28,13 +29,21 @@ WORKER_ENVIRONMENT = {
 _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD = -3, -1, -2
 
 
+def _mallopt() -> Any:
+    """Return glibc's ``mallopt``, or None where the C library has none (macOS, Windows, musl)."""
+    try:
+        return getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # Windows cannot open the running program as a library
+        return None
+
+
 def keep_freed_memory(limit: int = int(KEEP_BYTES)) -> None:
     """Set this process's glibc mmap, trim and top-pad thresholds to ``limit``, as ``WORKER_ENVIRONMENT`` does.
 
     Blocks below ``limit`` then come from the heap, which keeps up to ``limit`` freed bytes for
     reuse. Does nothing where the C library has no ``mallopt`` (not glibc).
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = _mallopt()
     if mallopt is None:
         return
     for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD):

@@ -1,12 +1,11 @@
-"""Clean, deduplicate and split JSONL examples: streaming, in parallel, every row accounted for.
+"""Clean, deduplicate, group and split JSONL examples: streaming, in parallel, every row accounted for.
 
-Three phases, each over byte-range chunks of the inputs on a pool of worker processes:
-1. scan (``scan.scan_chunk``): parse, validate and fix every line; kept rows and their index
-   (ids, group, fingerprints, size) go to scratch files, rejected rows with their reasons too;
-2. decide, in this process, on 64-bit fingerprints only: duplicates (first occurrence wins)
-   and, for splits, which group goes where, so memory grows by tens of bytes per row;
-3. write (``route.route_chunk``): each chunk's surviving rows go to their output file at an
-   offset computed in phase 2, while this process writes the rejected rows and the index.
+The stages, each in its own module: read (``read``: files, JSON arrays, byte ranges), validate
+and clean (``scan``, per chunk on worker processes), deduplicate (``deduplicate``, on 64-bit
+keys), group and split (``group``, ``splitting``, on fixed-size numbers per row) and write
+(``write``: every chunk's surviving rows copied to their offset in the outputs, on the workers,
+while this process writes the rejected rows and the index). Memory grows by about a hundred
+bytes per row; the rows themselves stay on disk.
 """
 
 from __future__ import annotations
@@ -18,21 +17,35 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from itertools import compress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ft_assets.dataset.formats import Format, detect_format
+from ft_assets.dataset.deduplicate import exact_duplicates, find_duplicates
+from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
-from ft_assets.dataset.route import plan_routes, route_chunk
-from ft_assets.dataset.scan import BOM, FIX_NAMES, ChunkResult, ChunkTask, CleanConfig, scan_chunk, warm_up
-from ft_assets.dataset.splitting import SPLITS, SplitConfig, assign_splits
+from ft_assets.dataset.read import InputFile, PrepError, open_inputs, plan_chunks
+from ft_assets.dataset.scan import (
+    FIX_NAMES,
+    FORMAT_CODES,
+    QUALITY_NAMES,
+    QUALITY_TOO_LONG,
+    ChunkResult,
+    ChunkTask,
+    CleanConfig,
+    scan_chunk,
+    warm_up,
+)
+from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits
+from ft_assets.dataset.write import plan_writes, read_at, write_chunk
+
+__all__ = ["GroupConfig", "PrepError", "SplitConfig", "SplitError", "clean", "prep", "split"]
 
 CHUNK_BYTES = 8 * 1024 * 1024
 # Freed memory the prep command's own process keeps for reuse: blocks up to this size (its
@@ -42,82 +55,30 @@ CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
+GROUP_COLUMNS = ["group_hash", "id_hash", "source_hash", "answer_hash", "free_text", "signature", "user_split"]
+# An answer longer than this many times the median answer (and than ``LONG_ANSWER_CHARS``) is flagged.
+LONG_ANSWER_FACTOR = 4
+LONG_ANSWER_CHARS = 200
+QUALITY_EXAMPLES = 50
 
 # Maps a worker function over items and returns a function that waits for the results.
 Runner = Callable[[Callable[[Any], Any], list[Any]], Callable[[], list[Any]]]
 
 
-class PrepError(Exception):
-    """An input cannot be read; the message says which and why."""
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Return the JSONL files named by ``inputs`` (folders give their ``*.jsonl``), sorted per folder."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
-            if not found:
-                raise PrepError(f"{path}: folder holds no .jsonl file")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise PrepError(f"{path}: no such file or folder")
-    for file in files:
-        try:
-            with open(file, "rb") as handle:
-                handle.read(1)
-        except OSError as error:
-            raise PrepError(f"{file}: cannot be read ({error.strerror or error})") from error
-    return files
-
-
-def resolve_format(files: Sequence[Path], requested: str) -> Format:
-    """Return ``requested``, or for ``auto`` the format of the first JSON object in the inputs."""
-    if requested in ("chat", "preference"):
-        return requested  # type: ignore[return-value]
-    if requested != "auto":
-        raise ValueError(f"format must be auto, chat or preference, got {requested!r}")
-    for file in files:
-        with open(file, "rb") as handle:
-            for line in handle:
-                try:
-                    fmt = detect_format(orjson.loads(line.removeprefix(BOM)))
-                except orjson.JSONDecodeError:
-                    continue
-                if fmt is not None:
-                    return fmt
-    return "chat"
-
-
-def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[tuple[int, Path, int, int]]:
-    """Cut each file into byte ranges of about ``chunk_bytes`` that end on a newline."""
-    chunks = []
-    for index, file in enumerate(files):
-        size = file.stat().st_size
-        start = 0
-        with open(file, "rb") as handle:
-            while start < size:
-                handle.seek(min(start + chunk_bytes, size))
-                end = min(start + chunk_bytes, size)
-                if end < size:
-                    handle.readline()
-                    end = handle.tell()
-                chunks.append((index, file, start, end))
-                start = end
-    return chunks
+def start_method(preferred: str) -> str:
+    """Return ``preferred`` where this system offers it, else ``spawn`` (every system has it)."""
+    return preferred if preferred in multiprocessing.get_all_start_methods() else "spawn"
 
 
 @contextmanager
-def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
+def _workers(count: int, tasks: int, method: str) -> Iterator[Runner]:
     """Yield a ``Runner``: it maps a worker function over items, on a process pool when worth it.
 
     ``forkserver`` (the default) forks workers from a fresh single-threaded server that has
     imported and warmed up the scan; it is safe in any process. ``fork`` starts faster but is
     only safe from a process that has not yet run threads holding locks (the ``prep`` command);
-    that process then keeps up to ``MERGE_KEEP_BYTES`` of freed memory for reuse.
+    that process then keeps up to ``MERGE_KEEP_BYTES`` of freed memory for reuse. Where neither
+    exists (Windows), workers are spawned.
     """
     if count <= 1 or tasks <= 1:
 
@@ -127,10 +88,11 @@ def _workers(count: int, tasks: int, start_method: str) -> Iterator[Runner]:
 
         yield run_here
         return
-    context = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":
+    method = start_method(method)
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
         context.set_forkserver_preload(["ft_assets.dataset.warm"])
-    else:
+    elif method == "fork":
         keep_freed_memory(MERGE_KEEP_BYTES)
         warm_up()
         gc.freeze()  # the objects so far are shared with the workers: collections skip them
@@ -145,60 +107,14 @@ def _column(results: list[ChunkResult], name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
-def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (is duplicate, index of first occurrence) for each row, by normalized key."""
-    n = len(norm_hash)
-    if n == 0:
-        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-    order = np.argsort(norm_hash)
-    ordered = norm_hash[order]
-    repeated = ordered[1:] == ordered[:-1]
-    shared = np.flatnonzero(np.concatenate([repeated, [False]]) | np.concatenate([[False], repeated]))
-    first_of = np.arange(n)
-    if len(shared):  # only keys held by several rows need their first occurrence found
-        keys, rows = ordered[shared], order[shared]
-        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-        first_of[rows] = np.repeat(np.minimum.reduceat(rows, starts), np.diff(np.append(starts, len(rows))))
-    return first_of != np.arange(n), first_of
-
-
-def exact_duplicates(results: list[ChunkResult], duplicate: np.ndarray, first_of: np.ndarray) -> np.ndarray:
-    """Return, per row, whether it is a duplicate whose cleaned bytes equal its first occurrence's."""
-    exact = np.zeros(len(duplicate), dtype=bool)
-    sizes, targets = _column(results, "size"), _column(results, "target")
-    rows = np.flatnonzero(duplicate)
-    rows = rows[sizes[rows] == sizes[first_of[rows]]]
-    if not len(rows):
-        return exact
-    chunk_first_row = np.concatenate([[0], np.cumsum([r.kept for r in results])])[:-1]
-    pairs = np.concatenate([rows, first_of[rows]])  # the duplicates, then their first occurrences
-    chunk_of = np.searchsorted(chunk_first_row, pairs, side="right") - 1
-    start_in_part = np.zeros(len(pairs), dtype=np.int64)
-    for target in np.unique(targets).tolist():
-        ends = np.cumsum(np.where(targets == target, sizes, 0))
-        mine = targets[pairs] == target
-        before_chunk = np.concatenate([[0], ends])[chunk_first_row[chunk_of[mine]]]
-        start_in_part[mine] = ends[pairs[mine]] - sizes[pairs[mine]] - before_chunk
-    parts = (chunk_of * len(SPLITS) + targets[pairs]).tolist()
-    starts, lengths = start_in_part.tolist(), sizes[pairs].tolist()
-    with ExitStack() as stack:
-        handles: dict[int, int] = {}
-
-        def payload(pair: int) -> bytes:
-            part = parts[pair]
-            if part not in handles:
-                chunk, target = divmod(part, len(SPLITS))
-                path = results[chunk].path(f"kept-{target}.jsonl")
-                handles[part] = stack.enter_context(open(path, "rb", buffering=0)).fileno()
-            return os.pread(handles[part], lengths[pair], starts[pair])
-
-        exact[rows] = [payload(pair) == payload(len(rows) + pair) for pair in range(len(rows))]
-    return exact
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        yield from handle
+def _signatures(arrays: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """Return the prompt signatures of fixed-size binary columns as one (rows x bins) uint8 matrix."""
+    parts = []
+    for array in arrays:
+        values = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
+        parts.append(flat[values.offset * SIGNATURE_BINS : (values.offset + len(values)) * SIGNATURE_BINS])
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint8)).reshape(-1, SIGNATURE_BINS)
 
 
 def _token_stats(tokens: np.ndarray) -> dict[str, float]:
@@ -213,12 +129,25 @@ def _token_stats(tokens: np.ndarray) -> dict[str, float]:
     }
 
 
+def plan_splits(
+    columns: dict[str, np.ndarray], split_config: SplitConfig, group_config: GroupConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Return each kept row's split (0/1/2) and the grouping report."""
+    group_of_row, report = form_groups(columns, group_config)
+    group_key = np.full(report["groups"], np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(group_key, group_of_row, columns["group_hash"])
+    target = assign_splits(group_of_row, group_key, columns["user_split"], split_config)
+    sizes = np.bincount(group_of_row, minlength=report["groups"])
+    report["largest_groups"] = [int(s) for s in np.sort(sizes)[::-1][:10]]
+    report["user_assigned_rows"] = int(np.count_nonzero(columns["user_split"] != 255))
+    return target, report
+
+
 @dataclass
 class _Scanned:
     """Inputs scanned into a scratch folder, with the duplicate verdict of every kept row."""
 
-    files: list[Path]
-    names: list[str]
+    files: list[InputFile]
     config: CleanConfig
     results: list[ChunkResult]
     duplicate: np.ndarray
@@ -226,46 +155,44 @@ class _Scanned:
 
     def kept_column(self, name: str) -> np.ndarray:
         """Return an index column for the rows that survive de-duplication, in input order."""
+        if name == "signature":
+            return _signatures([r.index()["signature"] for r in self.results])[~self.duplicate]
         return _column(self.results, name)[~self.duplicate]
 
-    def write(self, run: Runner, outputs: list[Path]) -> Callable[[], list[Any]]:
+    def long_answer_limit(self) -> float:
+        """Return the answer length (characters) above which a kept answer is far longer than its peers."""
+        chars = self.kept_column("answer_chars")
+        if not len(chars):
+            return float("inf")
+        return max(LONG_ANSWER_FACTOR * float(np.median(chars)), LONG_ANSWER_CHARS)
+
+    def write(self, run: Runner, outputs: list[Path], targets: np.ndarray) -> Callable[[], list[Any]]:
         """Start writing every surviving row into ``outputs[target]``, in input order, on the workers.
 
-        Returns the function that waits for the writes, so the caller can work meanwhile.
+        ``targets`` holds the output of each surviving row. Returns the function that waits for
+        the writes, so the caller can work meanwhile.
         """
-        tasks = plan_routes(
-            [[r.path(f"kept-{t}.jsonl") for t in range(len(outputs))] for r in self.results],
+        every_target = np.zeros(len(self.duplicate), dtype=np.uint8)
+        every_target[~self.duplicate] = targets
+        tasks = plan_writes(
+            [r.path("kept.jsonl") for r in self.results],
             [r.kept for r in self.results],
             ~self.duplicate,
-            _column(self.results, "target"),
+            every_target,
             _column(self.results, "size"),
             outputs,
         )
-        return run(route_chunk, tasks)
+        return run(write_chunk, tasks)
 
 
-def _scan(
-    inputs: Sequence[str | Path],
-    scratch: Path,
-    config: CleanConfig | None,
-    labels: Sequence[str] | None,
-    run: Runner | None,
-    chunk_bytes: int,
-    split_config: SplitConfig | None,
-) -> _Scanned:
-    files = expand_inputs(inputs)
-    config = config or CleanConfig()
-    config = replace(config, format=resolve_format(files, config.format))
-    names = list(labels) if labels is not None else [str(f) for f in files]
-    if len(names) != len(files):
-        raise ValueError(f"{len(labels or [])} labels for {len(files)} input files")
+def _scan(files: list[InputFile], scratch: Path, config: CleanConfig, run: Runner, chunk_bytes: int) -> _Scanned:
     tasks = [
-        ChunkTask(n, index, str(path), start, end, str(scratch), config, split_config)
+        ChunkTask(n, index, str(path), start, end, str(scratch), config, files[index].split)
         for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
     ]
-    results = run(scan_chunk, tasks)() if run else []
+    results = run(scan_chunk, tasks)()
     duplicate, first_of = find_duplicates(_column(results, "norm_hash"))
-    return _Scanned(files, names, config, results, duplicate, first_of)
+    return _Scanned(files, config, results, duplicate, first_of)
 
 
 class _CleanedIndex:
@@ -277,10 +204,8 @@ class _CleanedIndex:
         self.schema = _cleaned_index_schema()
         self.writer = pq.ParquetWriter(out_dir / CLEANED_INDEX, self.schema, compression="zstd")
 
-    def add(self, table: pa.Table, kept: np.ndarray, file: str, line_base: int, position: int) -> None:
-        """Append the index rows of one chunk where ``kept``; lines count from ``line_base``."""
-        if not kept.all():
-            table = table.filter(pa.array(kept))
+    def add(self, table: pa.Table, file: str, line_base: int, position: int) -> None:
+        """Append the index rows of one chunk's kept rows; lines count from ``line_base``."""
         table = table.set_column(0, "line", pc.add(table["line"], line_base))
         table = table.append_column("file", pa.repeat(pa.scalar(file, pa.string()), table.num_rows))
         table = table.append_column("position", pa.array(np.arange(position, position + table.num_rows)))
@@ -299,9 +224,9 @@ class _SplitTotals:
         self.row = 0
         self.tokens = np.zeros(3, dtype=np.int64)
 
-    def add(self, table: pa.Table, kept: np.ndarray, file: str, line_base: int, position: int) -> None:
-        """Add the tokens of one chunk's rows where ``kept`` to their splits (the rest is unused)."""
-        tokens = table["tokens"].to_numpy()[kept]
+    def add(self, table: pa.Table, file: str, line_base: int, position: int) -> None:
+        """Add the tokens of one chunk's kept rows to their splits."""
+        tokens = table["tokens"].to_numpy()
         target = self.assignment[self.row : self.row + len(tokens)]
         self.row += len(tokens)
         self.tokens += np.bincount(target, weights=tokens, minlength=3).astype(np.int64)
@@ -322,27 +247,25 @@ def _run_phases(
     labels: Sequence[str] | None,
     workers: int | None,
     chunk_bytes: int,
-    start_method: str,
-    split_config: SplitConfig | None,
-    outputs: Callable[[_Scanned], tuple[list[Path], _CleanedIndex | _SplitTotals]],
+    method: str,
+    outputs: Callable[[_Scanned], tuple[list[Path], np.ndarray, _CleanedIndex | _SplitTotals]],
 ) -> tuple[dict[str, Any], _CleanedIndex | _SplitTotals]:
-    """Scan, decide and write; ``outputs`` names the files, the target of each kept row and the index sink."""
+    """Read, scan, decide and write; ``outputs`` names the files, the output of each kept row and the index sink."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    chunks = len(plan_chunks(expand_inputs(inputs), chunk_bytes))
-    with (
-        tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch,
-        _workers(workers or os.cpu_count() or 1, chunks, start_method) as run,
-    ):
-        scanned = _scan(inputs, Path(scratch), config, labels, run, chunk_bytes, split_config)
-        paths, sink = outputs(scanned)
-        written = scanned.write(run, paths)
-        try:
-            report = _merge(scanned, out_dir, sink)
-        finally:
-            sink.close()
-        written()
-    report["format"] = scanned.config.format
-    report["config"] = asdict(scanned.config)
+    config = config or CleanConfig()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
+        files = open_inputs(inputs, Path(scratch), labels)
+        chunks = len(plan_chunks(files, chunk_bytes))
+        with _workers(workers or os.cpu_count() or 1, chunks, method) as run:
+            scanned = _scan(files, Path(scratch), config, run, chunk_bytes)
+            paths, targets, sink = outputs(scanned)
+            written = scanned.write(run, paths, targets)
+            try:
+                report = _merge(scanned, out_dir, sink)
+            finally:
+                sink.close()
+            written()
+    report["config"] = asdict(config)
     return report, sink
 
 
@@ -360,14 +283,14 @@ def clean(
     ``labels`` name the input files in the outputs (default: their paths).
 
     Writes ``cleaned.jsonl`` (kept rows, input order), ``cleaned.index.parquet`` (one row per
-    kept row: ids, group, source file and line, tokens, fingerprints) and ``rejected.jsonl``
-    (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
+    kept row: ids, group keys, source file and line, tokens, fingerprints, quality flags) and
+    ``rejected.jsonl`` (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
     """
 
-    def outputs(_: _Scanned) -> tuple[list[Path], _CleanedIndex]:
-        return [out_dir / CLEANED], _CleanedIndex(out_dir)
+    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _CleanedIndex]:
+        return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8), _CleanedIndex(out_dir)
 
-    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", None, outputs)
+    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", outputs)
     return report
 
 
@@ -376,55 +299,55 @@ def prep(
     out_dir: Path,
     clean_config: CleanConfig | None = None,
     split_config: SplitConfig | None = None,
+    group_config: GroupConfig | None = None,
     *,
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     start_method: str = "forkserver",
 ) -> dict[str, Any]:
-    """Clean and split in one go (the ``ft-assets prep`` command); write ``report.json``.
+    """Clean, group and split in one go (the ``ft-assets prep`` command); write ``report.json``.
 
-    The scan already sorts kept rows by split, so they go straight into the split files: the
-    same rows, order and assignment as ``clean`` followed by ``split``, without
-    ``cleaned.jsonl`` in between.
+    Kept rows go straight into the split files: the same rows, order and assignment as
+    ``clean`` followed by ``split``, without ``cleaned.jsonl`` in between.
     """
     split_config = split_config or SplitConfig()
+    group_config = group_config or GroupConfig()
+    grouping: dict[str, Any] = {}
 
-    def outputs(scanned: _Scanned) -> tuple[list[Path], _SplitTotals]:
-        return [out_dir / f"{name}.jsonl" for name in SPLITS], _SplitTotals(scanned.kept_column("target"))
+    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _SplitTotals]:
+        columns = {name: scanned.kept_column(name) for name in GROUP_COLUMNS}
+        targets, report = plan_splits(columns, split_config, group_config)
+        grouping.update(report)
+        return [out_dir / f"{name}.jsonl" for name in SPLITS], targets, _SplitTotals(targets)
 
-    report, totals = _run_phases(
-        inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, split_config, outputs
-    )
+    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, outputs)
     report["splits"] = totals.report()  # type: ignore[union-attr]
     report["seed"] = split_config.seed
+    report["grouping"] = grouping
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
 
 
-def _line_blocks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
-    """Yield the lines of a file (without newlines) in lists of about ``block_bytes``."""
+def _lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:
-        rest = b""
-        while block := handle.read(block_bytes):
-            block = rest + block
-            cut = block.rfind(b"\n") + 1
-            rest = block[cut:]
-            if cut:
-                yield block[: cut - 1].split(b"\n")
-        if rest:
-            yield [rest]
+        yield from handle
 
 
-def _write_selected(out: BinaryIO, lines: list[bytes], mask: np.ndarray) -> None:
-    """Write the lines where ``mask`` is true, each followed by a newline."""
-    selected = list(compress(lines, mask.tolist()))
-    if selected:
-        out.write(b"\n".join(selected) + b"\n")
+def _rejected_rows(result: ChunkResult, label: str, base: int, element: bool) -> list[tuple[int, bytes]]:
+    """Return the chunk's rejected rows as (line, JSON) with file-relative line numbers."""
+    rows = []
+    for raw in _lines(result.path("rejected.jsonl")):
+        record = orjson.loads(raw)
+        record["line"] += base
+        if element:
+            record["element"] = record["line"] - 1
+        rows.append((record["line"], orjson.dumps({"file": label, **record})))
+    return rows
 
 
 def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotals) -> dict[str, Any]:
     """Hand the kept rows to ``output`` and write the rejected rows, in input order; count everything."""
-    results, files, names = scanned.results, scanned.files, scanned.names
+    results, files = scanned.results, scanned.files
     duplicate, first_of = scanned.duplicate, scanned.first_of
     line_base: dict[int, int] = Counter()
     chunk_line_base = []
@@ -440,49 +363,73 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
     )
     reasons: Counter[str] = Counter()
     fixes: Counter[str] = Counter()
-    per_file = [{"path": name, "read": 0, "kept": 0, "rejected": 0} for name in names]
+    quality: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    quality_rows: list[dict[str, Any]] = []
+    per_file = [{"path": f.label, "kind": f.kind, "read": 0, "kept": 0, "rejected": 0} for f in files]
     tokens_kept = []
+    long_answer = scanned.long_answer_limit()
     position = row = written_rejects = 0
-    exact = exact_duplicates(results, duplicate, first_of)  # while the workers write the outputs
-    with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as inputs:
-        sources = [inputs.enter_context(open(f, "rb", buffering=0)) for f in files]
+    sizes = _column(results, "size")
+    chunk_of_row = np.repeat(np.arange(len(results)), [r.kept for r in results])
+    start_in_part = np.cumsum(sizes) - sizes
+    chunk_first = np.concatenate([[0], np.cumsum([r.kept for r in results])])[:-1].astype(np.int64)
+    start_in_part -= (np.cumsum(sizes) - sizes)[chunk_first][chunk_of_row] if len(sizes) else 0
+    with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as stack:
+        sources = [stack.enter_context(open(f.path, "rb", buffering=0)) for f in files]
+        parts: dict[int, Any] = {}
+
+        def read_row(index: int) -> bytes:
+            chunk = int(chunk_of_row[index])
+            if chunk not in parts:
+                parts[chunk] = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb", buffering=0))
+            return read_at(parts[chunk], int(sizes[index]), int(start_in_part[index]))
+
+        exact = exact_duplicates(duplicate, first_of, sizes, read_row)  # while the workers write the outputs
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
+            label = files[file_index].label
+            element = files[file_index].kind == "json_array"
             reasons.update(result.reasons)
             table = result.index()
             dup = duplicate[row : row + result.kept]
-            out_rows: list[tuple[int, bytes]] = []
-            for raw in _lines(result.path("rejected.jsonl")):
-                record = orjson.loads(raw)
-                record["line"] += base
-                out_rows.append((record["line"], orjson.dumps({"file": names[file_index], **record})))
+            out_rows = _rejected_rows(result, label, base, element)
             offsets, lengths = table["offset"].to_numpy(), table["length"].to_numpy()
             for local in np.flatnonzero(dup).tolist():
                 first = first_of[row + local]
                 reason = "exact_duplicate" if exact[row + local] else "normalized_duplicate"
                 reasons[reason] += 1
-                line = os.pread(sources[file_index].fileno(), int(lengths[local]), int(offsets[local]))
-                record = {
-                    "file": names[file_index],
+                line = read_at(sources[file_index], int(lengths[local]), int(offsets[local]))
+                record: dict[str, Any] = {
+                    "file": label,
                     "line": int(row_line[row + local]),
                     "reasons": [reason],
                     "raw": line.decode("utf-8", "backslashreplace"),
-                    "duplicate_of": {"file": names[row_file[first]], "line": int(row_line[first])},
+                    "duplicate_of": {"file": files[row_file[first]].label, "line": int(row_line[first])},
                 }
+                if element:
+                    record["element"] = record["line"] - 1
                 out_rows.append((record["line"], orjson.dumps(record)))
             out_rows.sort(key=lambda item: item[0])
             if out_rows:
                 rejected.write(b"\n".join([item[1] for item in out_rows]) + b"\n")
             written_rejects += len(out_rows)
-            kept = ~dup
-            output.add(table, kept, names[file_index], base, position)
-            n_kept = int(np.count_nonzero(kept))
-            fix_bits = table["fixes"].to_numpy()[kept]
-            for bit, name in FIX_NAMES.items():
-                count = int(np.count_nonzero(fix_bits & bit))
-                if count:
-                    fixes[name] += count
-            tokens_kept.append(table["tokens"].to_numpy()[kept])
+            kept_table = table.filter(pa.array(~dup)) if dup.any() else table
+            flags = kept_table["quality"].to_numpy() | np.where(
+                kept_table["answer_chars"].to_numpy() > long_answer, QUALITY_TOO_LONG, 0
+            ).astype(np.uint8)
+            kept_table = kept_table.set_column(kept_table.schema.get_field_index("quality"), "quality", pa.array(flags))
+            output.add(kept_table, label, base, position)
+            _count_bits(kept_table["fixes"].to_numpy(), FIX_NAMES, fixes)
+            _count_bits(flags, QUALITY_NAMES, quality)
+            for flagged in np.flatnonzero(flags).tolist()[: max(0, QUALITY_EXAMPLES - len(quality_rows))]:
+                names = [name for bit, name in QUALITY_NAMES.items() if flags[flagged] & bit]
+                line_number = int(kept_table["line"][flagged].as_py()) + base
+                quality_rows.append({"file": label, "line": line_number, "flags": names})
+            codes = np.bincount(kept_table["format"].to_numpy(), minlength=len(FORMAT_CODES))
+            formats.update({name: int(codes[code]) for name, code in FORMAT_CODES.items() if codes[code]})
+            tokens_kept.append(kept_table["tokens"].to_numpy())
+            n_kept = kept_table.num_rows
             per_file[file_index]["read"] += result.lines
             per_file[file_index]["kept"] += n_kept
             per_file[file_index]["rejected"] += result.lines - n_kept
@@ -499,9 +446,20 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
         "duplicates": int(duplicate.sum()),
         "by_reason": dict(sorted(reasons.items())),
         "fixes": dict(sorted(fixes.items())),
+        "quality": dict(sorted(quality.items())),
+        "quality_rows": quality_rows,
+        "formats": dict(sorted(formats.items())),
+        "format": "mixed" if len(formats) > 1 else next(iter(formats), "chat"),
         "tokens": _token_stats(tokens),
         "files": per_file,
     }
+
+
+def _count_bits(values: np.ndarray, names: dict[int, str], counter: Counter[str]) -> None:
+    for bit, name in names.items():
+        count = int(np.count_nonzero(values & bit))
+        if count:
+            counter[name] += count
 
 
 def _cleaned_index_schema() -> pa.Schema:
@@ -510,82 +468,109 @@ def _cleaned_index_schema() -> pa.Schema:
     return INDEX_SCHEMA.append(pa.field("file", pa.string())).append(pa.field("position", pa.int64()))
 
 
-def split(cleaned_dir: Path, out_dir: Path, config: SplitConfig, *, members: bool = True) -> dict[str, Any]:
+def _line_blocks(path: Path, block_bytes: int = CHUNK_BYTES) -> Iterator[list[bytes]]:
+    """Yield the lines of a file (without newlines) in lists of about ``block_bytes``."""
+    with open(path, "rb") as handle:
+        rest = b""
+        while block := handle.read(block_bytes):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[: cut - 1].split(b"\n")
+        if rest:
+            yield [rest]
+
+
+def split(
+    cleaned_dir: Path,
+    out_dir: Path,
+    config: SplitConfig,
+    group_config: GroupConfig | None = None,
+    *,
+    members: bool = True,
+) -> dict[str, Any]:
     """Write ``<split>.jsonl`` (and ``<split>.members.parquet``) for train, validation and test.
 
-    Rows keep their cleaned order inside each split; returns rows and tokens per split.
+    Rows keep their cleaned order inside each split; returns rows and tokens per split and the
+    grouping report (``grouping``). Raises ``SplitError`` when there are too few examples.
     """
     import pyarrow.parquet as pq
 
     index_path = cleaned_dir / CLEANED_INDEX
-    group_hash = pq.read_table(index_path, columns=["group_hash"]).column(0).to_numpy()
-    assignment = assign_splits(group_hash, config)
+    index = pq.read_table(index_path, columns=[c for c in GROUP_COLUMNS if c != "signature"] + ["tokens"])
+    columns = {name: index[name].to_numpy() for name in index.column_names}
+    columns["signature"] = _signatures([pq.read_table(index_path, columns=["signature"])["signature"]])
+    assignment, grouping = plan_splits(columns, config, group_config or GroupConfig())
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = np.bincount(assignment, minlength=3)
     with ExitStack() as stack:
         handles = [stack.enter_context(open(out_dir / f"{name}.jsonl", "wb")) for name in SPLITS]
-        writers = []
-        if members:
-            schema = pq.read_schema(index_path)
-            fields = [schema.field(c) for c in MEMBER_COLUMNS]
-            member_schema = pa.schema(fields).append(pa.field("position", pa.int64()))
-            writers = [
-                stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.members.parquet", member_schema))
-                for name in SPLITS
-            ]
         row = 0
         for lines in _line_blocks(cleaned_dir / CLEANED):
             target = assignment[row : row + len(lines)]
             row += len(lines)
             for i, handle in enumerate(handles):
-                _write_selected(handle, lines, target == i)
+                selected = list(compress(lines, (target == i).tolist()))
+                if selected:
+                    handle.write(b"\n".join(selected) + b"\n")
         if row != len(assignment):
             raise RuntimeError(f"{cleaned_dir / CLEANED} has {row} rows but its index {len(assignment)}")
-        if members:
-            _write_members(pq.ParquetFile(index_path), assignment, writers)
-    tokens = pq.read_table(index_path, columns=["tokens"]).column(0).to_numpy()
-    return {
+    if members:
+        _write_members(pq.ParquetFile(index_path), assignment, out_dir, grouping)
+    tokens = columns["tokens"]
+    report: dict[str, Any] = {
         name: {"rows": int(counts[i]), "tokens": int(tokens[assignment == i].sum())} for i, name in enumerate(SPLITS)
     }
+    report["grouping"] = grouping
+    return report
 
 
-def _write_members(index: Any, assignment: np.ndarray, writers: list[Any]) -> None:
-    seen = np.zeros(3, dtype=np.int64)
-    row = 0
-    for batch in index.iter_batches(columns=MEMBER_COLUMNS):
-        target = assignment[row : row + batch.num_rows]
-        row += batch.num_rows
-        for i, writer in enumerate(writers):
-            mask = target == i
-            count = int(mask.sum())
-            if count:
-                part = pa.Table.from_batches([batch]).filter(pa.array(mask))
-                part = part.append_column("position", pa.array(np.arange(seen[i], seen[i] + count)))
-                writer.write_table(part)
-                seen[i] += count
+def _write_members(index: Any, assignment: np.ndarray, out_dir: Path, grouping: dict[str, Any]) -> None:
+    """Write each split's members: ids, source, group, and the keys the overlap check compares."""
+    import pyarrow.parquet as pq
+
+    table = index.read(columns=[*MEMBER_COLUMNS, "answer_hash", "free_text", "signature", "quality"])
+    if grouping["group_by_answer"] == "never":
+        answer_key = np.zeros(table.num_rows, np.uint64)
+    else:
+        answer_key = table["answer_hash"].to_numpy()
+        if grouping["group_by_answer"] == "auto":
+            answer_key = np.where(table["free_text"].to_numpy(zero_copy_only=False), answer_key, np.uint64(0))
+    table = table.drop_columns(["answer_hash", "free_text"]).append_column("answer_key", pa.array(answer_key))
+    for i, name in enumerate(SPLITS):
+        mask = assignment == i
+        part = table.filter(pa.array(mask))
+        part = part.append_column("position", pa.array(np.arange(part.num_rows, dtype=np.int64)))
+        pq.write_table(part, out_dir / f"{name}.members.parquet")
 
 
 def revalidate(path: Path) -> dict[str, Any]:
-    """Clean an already-cleaned file again (no token limit, markdown kept) and return the report."""
+    """Clean an already-cleaned file again (no token limit, markdown and answers kept) and return the report."""
     with tempfile.TemporaryDirectory() as scratch:
-        return clean([path], Path(scratch), CleanConfig(format="auto", max_tokens=2**31 - 1, strip_markdown=False))
+        config = CleanConfig(format="auto", max_tokens=2**31 - 1, strip_markdown=False, suspicious="keep")
+        return clean([path], Path(scratch), config)
 
 
-def overlaps(split_folders: dict[str, str | Path]) -> dict[tuple[str, str], int]:
-    """Return, for each pair of splits and each of example id, group and normalized content, shared counts > 0."""
+def overlaps(split_folders: dict[str, str | Path], near_duplicate_threshold: float = 0.8) -> dict[tuple[str, str], int]:
+    """Return, per pair of splits, the ids, groups, contents, free-text answers and near-duplicate prompts shared."""
     import pyarrow.parquet as pq
 
-    columns = ("example_id", "group_id", "norm_hash")
-    values = {
-        name: pq.read_table(Path(folder) / "members.parquet", columns=list(columns))
-        for name, folder in split_folders.items()
-    }
+    columns = ("example_id", "group_id", "norm_hash", "answer_key")
+    tables = {name: pq.read_table(Path(folder) / "members.parquet") for name, folder in split_folders.items()}
     found: dict[tuple[str, str], int] = {}
-    names = list(values)
+    names = list(tables)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             for column in columns:
-                shared = set(values[first][column].to_pylist()) & set(values[second][column].to_pylist())
-                if shared:
-                    found[(f"{first}/{second}", column)] = len(shared)
+                values = set(tables[first][column].to_pylist()) & set(tables[second][column].to_pylist())
+                values.discard(0)
+                if values:
+                    found[(f"{first}/{second}", column)] = len(values)
+            signature = _signatures([tables[first]["signature"], tables[second]["signature"]])
+            a, b = near_duplicate_pairs(signature, near_duplicate_threshold)
+            boundary = tables[first].num_rows
+            across = int(np.count_nonzero((a < boundary) != (b < boundary)))
+            if across:
+                found[(f"{first}/{second}", "near_duplicate_prompt")] = across
     return found

@@ -1,15 +1,17 @@
-"""One pass over a byte range of a JSONL file: parse, validate, clean and fingerprint each line.
+"""Validate stage, per chunk: parse, validate, clean and fingerprint every line of a byte range.
 
-This is the hot loop of data preparation and runs in worker processes, one chunk each. It
-writes three files into a scratch folder: the kept rows (canonical JSON: sorted keys, cleaned
-contents), their index (ids, groups, hashes, token estimates, source offsets) as Parquet, and
-the rejected rows with their reasons. Line numbers there are relative to the chunk; ``prep``
-adds the chunk's first line number when it merges them.
+This is the hot loop of data preparation and runs in worker processes, one chunk each. The
+per-line reference path (``scan_line``) applies every rule; the columnar fast path
+(``columnar``) takes whole blocks of plain chat rows whose verdict is certain and sends all
+others to it. ``scan_chunk`` is the one seam between them: both paths' rows leave it as the
+same columns. It writes three files into a scratch folder: the kept rows (canonical JSON:
+sorted keys, cleaned contents, the example id first), their index (ids, group keys, grouping
+features, token estimates, source offsets) and the rejected rows with their reasons. Line
+numbers there are relative to the chunk; ``prep`` adds the chunk's first line number.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +21,48 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 from pyarrow import feather
 
 from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, string_buffers
-from ft_assets.dataset.formats import CHAT_PASSTHROUGH_KEYS, check_chat, check_preference, detect_format, label_of
-from ft_assets.dataset.splitting import SplitConfig, assign_splits
-from ft_assets.dataset.text import NORMALIZED_AWAY, estimate_tokens, has_markdown, strip_markdown
+from ft_assets.dataset.deduplicate import hex_ids, label_hashes, line_hashes
+from ft_assets.dataset.formats import (
+    CHAT_PASSTHROUGH_KEYS,
+    LABEL_KEYS,
+    check_chat,
+    check_preference,
+    detect_format,
+    label_of,
+)
+from ft_assets.dataset.group import SIGNATURE_BYTES, answer_features, free_text_answers, prompt_signatures
+from ft_assets.dataset.read import NO_SPLIT, SPLIT_NAMES
+from ft_assets.dataset.text import cut_followup, estimate_tokens, has_markdown, looks_cut_off, strip_markdown
 
 BOM = b"\xef\xbb\xbf"
 FIX_WHITESPACE = 1
 FIX_MARKDOWN = 2
 FIX_NEWLINES = 4
-FIX_NAMES = {FIX_WHITESPACE: "trimmed_whitespace", FIX_MARKDOWN: "stripped_markdown", FIX_NEWLINES: "crlf_to_lf"}
+FIX_DROPPED_KEYS = 8
+FIX_INPUT_LIST = 16
+FIX_FOLLOWUP = 32
+FIX_NAMES = {
+    FIX_WHITESPACE: "trimmed_whitespace",
+    FIX_MARKDOWN: "stripped_markdown",
+    FIX_NEWLINES: "crlf_to_lf",
+    FIX_DROPPED_KEYS: "dropped_top_level_keys",
+    FIX_INPUT_LIST: "input_list_to_messages",
+    FIX_FOLLOWUP: "cut_leaked_followup",
+}
+# Data-quality flags of a kept row; ``answer_too_long`` is decided across rows, by ``prep``.
+QUALITY_FOLLOWUP = 1
+QUALITY_CUT_OFF = 2
+QUALITY_TOO_LONG = 4
+QUALITY_NAMES = {
+    QUALITY_FOLLOWUP: "leaked_followup",
+    QUALITY_CUT_OFF: "cut_off_answer",
+    QUALITY_TOO_LONG: "answer_too_long",
+}
+SUSPICIOUS_ACTIONS = ("keep", "fix", "reject")
+FORMAT_CODES = {"chat": 0, "preference": 1}
 _CANONICAL = orjson.OPT_SORT_KEYS
 
 INDEX_SCHEMA = pa.schema(
@@ -45,9 +76,18 @@ INDEX_SCHEMA = pa.schema(
         ("tokens", pa.int32()),
         ("norm_hash", pa.uint64()),
         ("fixes", pa.uint8()),
+        ("quality", pa.uint8()),
+        ("format", pa.uint8()),
+        ("user_split", pa.uint8()),
         ("group_hash", pa.uint64()),
+        ("id_hash", pa.uint64()),
+        ("source_hash", pa.uint64()),
+        ("answer_hash", pa.uint64()),
+        ("answer_words", pa.int32()),
+        ("answer_chars", pa.int32()),
+        ("free_text", pa.bool_()),
+        ("signature", pa.binary(SIGNATURE_BYTES)),
         ("size", pa.int64()),
-        ("target", pa.uint8()),
     ]
 )
 
@@ -56,12 +96,22 @@ INDEX_SCHEMA = pa.schema(
 class CleanConfig:
     """What counts as a trainable row and which fixes are applied to kept rows.
 
-    ``format`` is ``auto`` (from the first row), ``chat`` or ``preference``.
+    ``format`` is ``auto`` (each row's own), ``chat`` or ``preference`` (other rows rejected).
+    ``strip_markdown`` removes markdown debris from every turn. ``suspicious`` is what happens to
+    an answer with a leaked follow-up question or cut off mid-sentence: ``keep`` (flag only),
+    ``fix`` (cut the follow-up; a cut-off answer is flagged) or ``reject``.
     """
 
     format: str = "auto"
     max_tokens: int = 4096
     strip_markdown: bool = True
+    suspicious: str = "fix"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", "chat", "preference"):
+            raise ValueError(f"format must be auto, chat or preference, got {self.format!r}")
+        if self.suspicious not in SUSPICIOUS_ACTIONS:
+            raise ValueError(f"suspicious must be one of {', '.join(SUSPICIOUS_ACTIONS)}, got {self.suspicious!r}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +125,7 @@ class ChunkTask:
     end: int
     scratch: str
     config: CleanConfig
-    split: SplitConfig | None = None
+    split_hint: int = NO_SPLIT
 
 
 @dataclass
@@ -99,9 +149,32 @@ class ChunkResult:
         return Path(self.task.scratch) / f"chunk-{self.task.number:06d}.{suffix}"
 
 
-def clean_messages(messages: list[dict[str, Any]], markdown: bool) -> tuple[list[dict[str, Any]], int]:
-    """Return the messages with CRLF made LF, outer whitespace trimmed and (if asked) assistant markdown removed."""
-    fixes = 0
+@dataclass(frozen=True)
+class ScannedRow:
+    """What the reference path keeps of one valid row."""
+
+    payload: bytes
+    tokens: int
+    example_id: str | None
+    group_id: str | None
+    source_id: str | None
+    split: str | None
+    fixes: int
+    quality: int
+    format: str
+    prompt: str
+    answer: str
+
+
+def clean_messages(
+    messages: list[dict[str, Any]], markdown: bool, suspicious: str
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Return the messages cleaned, the fixes applied and the quality flags raised.
+
+    CRLF becomes LF, outer whitespace is trimmed, markdown debris is removed (when asked) and
+    a leaked follow-up question in an answer is flagged and, with ``suspicious='fix'``, cut.
+    """
+    fixes = quality = 0
     cleaned = []
     for message in messages:
         content = message.get("content")
@@ -112,7 +185,14 @@ def clean_messages(messages: list[dict[str, Any]], markdown: bool) -> tuple[list
         if "\r" in text:
             text = text.replace("\r\n", "\n")
             fixes |= FIX_NEWLINES
-        if markdown and message["role"] == "assistant" and has_markdown(text):
+        if message.get("role") == "assistant":
+            cut, found = cut_followup(text)
+            if found:
+                quality |= QUALITY_FOLLOWUP
+                if suspicious == "fix" and cut.strip():
+                    text = cut
+                    fixes |= FIX_FOLLOWUP
+        if markdown and has_markdown(text):
             stripped = strip_markdown(text)
             if stripped != text.strip():
                 fixes |= FIX_MARKDOWN
@@ -121,27 +201,47 @@ def clean_messages(messages: list[dict[str, Any]], markdown: bool) -> tuple[list
         if trimmed != text:
             fixes |= FIX_WHITESPACE
         cleaned.append({**message, "content": trimmed} if trimmed != content else message)
-    return cleaned, fixes
+    return cleaned, fixes, quality
 
 
-def clean_row(row: dict[str, Any], fmt: str, markdown: bool) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """Return the trainable payload of a valid row, all its messages, and the fixes applied."""
+def _text(messages: list[dict[str, Any]], role: str) -> list[str]:
+    return [m["content"] for m in messages if m.get("role") == role and type(m.get("content")) is str]
+
+
+def clean_row(
+    row: dict[str, Any], fmt: str, markdown: bool, suspicious: str = "fix"
+) -> tuple[dict[str, Any], list[dict[str, Any]], int, int, str, str]:
+    """Return a valid row's trainable payload, all its messages, fixes, quality flags, prompt and answer.
+
+    The prompt is the user turns joined by newlines; the answer is the last assistant turn
+    (the preferred output of a preference row).
+    """
     if fmt == "chat":
-        messages, fixes = clean_messages(row["messages"], markdown)
+        messages, fixes, quality = clean_messages(row["messages"], markdown, suspicious)
         payload: dict[str, Any] = {"messages": messages}
         for key in CHAT_PASSTHROUGH_KEYS:
             if key in row:
                 payload[key] = row[key]
-        return payload, messages, fixes
-    source, fix_in = clean_messages(row["input"]["messages"], markdown)
-    preferred, fix_p = clean_messages(row["preferred_output"], markdown)
-    rejected, fix_r = clean_messages(row["non_preferred_output"], markdown)
+        answers = _text(messages, "assistant")
+        return payload, messages, fixes, quality, "\n".join(_text(messages, "user")), answers[-1] if answers else ""
+    source, fix_in, q_in = clean_messages(row["input"]["messages"], markdown, suspicious)
+    preferred, fix_p, q_p = clean_messages(row["preferred_output"], markdown, suspicious)
+    rejected, fix_r, q_r = clean_messages(row["non_preferred_output"], markdown, suspicious)
     payload = {
         "input": {**row["input"], "messages": source},
         "preferred_output": preferred,
         "non_preferred_output": rejected,
     }
-    return payload, source + preferred + rejected, fix_in | fix_p | fix_r
+    answers = _text(preferred, "assistant")
+    prompt = "\n".join(_text(source, "user"))
+    return (
+        payload,
+        source + preferred + rejected,
+        fix_in | fix_p | fix_r,
+        q_in | q_p | q_r,
+        prompt,
+        answers[-1] if answers else "",
+    )
 
 
 def _content_length(messages: list[dict[str, Any]]) -> int:
@@ -163,8 +263,8 @@ def _parse_error(raw: bytes) -> str:
     return "invalid_json"
 
 
-def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | None, str | None]:
-    """Return the row's id, group and source id as strings, adding errors for unusable ones."""
+def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | None, str | None, str | None]:
+    """Return the row's id, group, source id and split as strings, adding errors for unusable ones."""
     example_id = row.get("id")
     if example_id is not None and type(example_id) is not str:
         example_id = label_of(example_id)
@@ -176,14 +276,16 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
         if group_id is None:
             errors.add("invalid_group")
     source_id = row.get("source_id")
-    return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id)
+    split = row.get("split")
+    if split is not None and split not in SPLIT_NAMES:
+        errors.add("invalid_split")
+    return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id), split
 
 
-def _scan_line(
+def scan_line(
     line: bytes, number: int, config: CleanConfig, reasons: Counter[str], rejected: list[bytes]
-) -> tuple[Any, ...] | None:
-    """Validate and clean one line on the reference (per-line) path; return its kept fields or None."""
-    fmt = config.format
+) -> ScannedRow | None:
+    """Validate and clean one line on the reference (per-line) path; return what is kept, or None."""
     raw = line[:-1] if line.endswith(b"\r") else line
     if raw.startswith(BOM):
         raw = raw[3:]
@@ -194,90 +296,184 @@ def _scan_line(
         reasons[error] += 1
         _reject(rejected, number, [error], line)
         return None
-    if type(row) is not dict or detect_format(row) != fmt:
-        error = "data_type" if type(row) is not dict else "format_mismatch"
+    fmt = detect_format(row)
+    if fmt is None or config.format not in ("auto", fmt):
+        error = "data_type" if fmt is None else "format_mismatch"
         reasons[error] += 1
         _reject(rejected, number, [error], line)
         return None
+    fixes = 0
+    if fmt == "preference" and type(row.get("input")) is list:
+        row = {**row, "input": {"messages": row["input"]}}
+        fixes |= FIX_INPUT_LIST
+    known = (
+        (LABEL_KEYS | set(CHAT_PASSTHROUGH_KEYS) | {"messages"})
+        if fmt == "chat"
+        else LABEL_KEYS
+        | {
+            "input",
+            "preferred_output",
+            "non_preferred_output",
+        }
+    )
+    if any(key not in known for key in row):
+        fixes |= FIX_DROPPED_KEYS
     errors = check_chat(row) if fmt == "chat" else check_preference(row)
-    example_id, group_id, source_id = _labels(row, errors)
+    example_id, group_id, source_id, split = _labels(row, errors)
     if not errors:
-        payload, messages, fixes = clean_row(row, fmt, config.strip_markdown)
+        payload, messages, cleaning, quality, prompt, answer = clean_row(
+            row, fmt, config.strip_markdown, config.suspicious
+        )
+        fixes |= cleaning
+        if looks_cut_off(answer):
+            quality |= QUALITY_CUT_OFF
         tokens = estimate_tokens(_content_length(messages), len(messages))
         if tokens > config.max_tokens:
             errors.add("too_many_tokens")
+        if config.suspicious == "reject":
+            errors.update(name for bit, name in QUALITY_NAMES.items() if quality & bit)
     if errors:
         ordered = sorted(errors)
         reasons.update(ordered)
         _reject(rejected, number, ordered, line)
         return None
-    return orjson.dumps(payload, option=_CANONICAL), tokens, example_id, group_id, source_id, fixes
+    return ScannedRow(
+        orjson.dumps(payload, option=_CANONICAL),
+        tokens,
+        example_id,
+        group_id,
+        source_id,
+        split,
+        fixes,
+        quality,
+        fmt,
+        prompt,
+        answer,
+    )
 
 
-_BACKSLASH = ord("\\")
-# Letters that make a backslash and themselves a whitespace escape, dropped from the key (the key is
-# lower-cased, so upper-case ones count too).
-_WHITESPACE_ESCAPES = np.zeros(256, dtype=bool)
-_WHITESPACE_ESCAPES[list(b"ntrNTR")] = True
-_LOWER_ASCII = bytes.maketrans(bytes(range(ord("A"), ord("Z") + 1)), bytes(range(ord("a"), ord("z") + 1)))
-_DROPPED = bytes(sorted(set(NORMALIZED_AWAY) - {ord("\n")}))
-HASH_SLICE_BYTES = 1 << 17  # the keys of this many bytes of rows are computed at once
-_AUTO_ID = re.compile(r"[0-9a-f]{16}")
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+def example_id_of(row: dict[str, Any]) -> str | None:
+    """Return the example id cleaning gives a raw row (its own ``id``, else a hash of its content).
 
-
-def line_hashes(lines: pa.Array) -> np.ndarray:
-    """Return the 64-bit duplicate key of each canonical JSON payload followed by a newline.
-
-    The key hashes the payload lower-cased with whitespace, its JSON escapes and markdown marks
-    dropped, so examples differing only in those share a key. Canonical JSON holds no raw
-    newline, so the rows are cleaned in one buffer and told apart by their newlines again.
+    None when the row would be rejected. Synthetic generation puts it in a variant's ``source_id``.
     """
-    data, _ = string_buffers(lines)
-    if len(data) and data.max() >= 0x80:
-        data, _ = string_buffers(pc.utf8_lower(lines))
-    escapes = np.flatnonzero(data[:-1] == _BACKSLASH)
-    escapes = escapes[_WHITESPACE_ESCAPES[data[escapes + 1]]]
-    if len(escapes):
-        data = data.copy()
-        data[escapes] = ord(" ")  # dropped below, like the other whitespace
-        data[escapes + 1] = ord(" ")
-    text = data.tobytes().translate(_LOWER_ASCII, _DROPPED)
-    hashes = np.empty(len(lines), dtype=np.uint64)
-    row = start = 0
-    while start < len(text):  # a slice at a time, so that the rows' bytes objects reuse the same memory
-        end = text.find(b"\n", start + HASH_SLICE_BYTES) + 1 or len(text)
-        rows = text[start : end - 1].split(b"\n")
-        hashes[row : row + len(rows)] = np.fromiter(map(xxhash.xxh3_64_intdigest, rows), np.uint64, len(rows))
-        row += len(rows)
-        start = end
-    return hashes
-
-
-def normalized_hashes(payload: pa.Array) -> np.ndarray:
-    """Return the 64-bit duplicate key of each canonical JSON payload (see ``line_hashes``)."""
-    return line_hashes(pc.binary_join_element_wise(payload, "\n", ""))
-
-
-def hex_ids(values: np.ndarray) -> pa.Array:
-    """Return each 64-bit value as 16 lower-case hex digits (the id of a row without one)."""
-    octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)
-    digits = np.empty((len(values), 16), dtype=np.uint8)
-    digits[:, 0::2] = _HEX_DIGITS[octets >> 4]
-    digits[:, 1::2] = _HEX_DIGITS[octets & 15]
-    offsets = np.arange(0, 16 * (len(values) + 1), 16, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(digits.tobytes()))
-
-
-def label_hash(label: str) -> int:
-    """Return the 64-bit key of a group label; an auto id (16 hex digits) maps back to its hash."""
-    return int(label, 16) if _AUTO_ID.fullmatch(label) else xxhash.xxh3_64_intdigest(label.encode())
+    kept = scan_line(orjson.dumps(row), 1, CleanConfig(), Counter(), [])
+    if kept is None:
+        return None
+    return kept.example_id or hex_ids(line_hashes(pa.array([kept.payload.decode()]))).to_pylist()[0]
 
 
 def warm_up() -> None:
     """Run the Arrow kernels of the fast path once, so that forked workers start with them loaded."""
-    line = orjson.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-    normalized_hashes(fast_rows(ChunkLines.of(line), 100, strip_markdown=True).payload)
+    line = orjson.dumps({"messages": [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "b"}]})
+    scan_chunk_lines(ChunkLines.of(line), CleanConfig(format="chat"), Counter(), [], NO_SPLIT)
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Return each string as a JSON string literal, the way orjson writes it."""
+    data, _ = string_buffers(values)
+    if not len(data) or not ((data < 0x20) | (data == ord('"')) | (data == ord("\\"))).any():
+        return pc.binary_join_element_wise('"', values, '"', "")
+    return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], pa.string())
+
+
+def scan_chunk_lines(
+    lines: ChunkLines,
+    config: CleanConfig,
+    reasons: Counter[str],
+    rejected: list[bytes],
+    split_hint: int,
+    *,
+    fast: bool = True,
+) -> tuple[pa.Array, pa.Table]:
+    """Scan the lines of a chunk; return the kept rows' output lines and their index (offsets from 0).
+
+    ``fast=False`` sends every line through the reference path (the differential tests do).
+    """
+    taken = FastRows.empty()
+    if fast and config.format != "preference" and len(lines):
+        taken = fast_rows(lines, config.max_tokens, config.strip_markdown)
+    slow_path = np.ones(len(lines), dtype=bool)
+    slow_path[taken.lines] = False
+    slow_lines, slow_rows = [], []
+    for index in np.flatnonzero(slow_path).tolist():
+        kept = scan_line(lines[index], index + 1, config, reasons, rejected)
+        if kept is not None:
+            slow_lines.append(index)
+            slow_rows.append(kept)
+    line_index, order = taken.lines, None
+    if slow_lines:
+        line_index = np.concatenate([taken.lines, np.asarray(slow_lines, dtype=np.int64)])
+        order = np.argsort(line_index, kind="stable")
+        line_index = line_index[order]
+
+    def combined(fast_values: pa.Array, name: str) -> pa.Array:
+        if order is None:
+            return fast_values
+        slow = [getattr(r, name) for r in slow_rows]
+        if name == "payload":
+            slow = [p.decode() for p in slow]
+        return pa.concat_arrays([fast_values, pa.array(slow, pa.string())]).take(pa.array(order))
+
+    def combined_numbers(fast_values: np.ndarray, name: str, dtype: type[np.generic]) -> np.ndarray:
+        if order is None:
+            return fast_values.astype(dtype, copy=False)
+        slow = np.asarray([getattr(r, name) for r in slow_rows], dtype)
+        return np.concatenate([fast_values.astype(dtype), slow])[order]
+
+    n_fast = len(taken.lines)
+    payload = combined(taken.payload, "payload")
+    norm_hash = line_hashes(pc.binary_join_element_wise(payload, "\n", ""))
+    own_id = combined(taken.example_id, "example_id")
+    group_id = combined(taken.group_id, "group_id")
+    source_id = combined(taken.source_id, "source_id")
+    split = combined(taken.split, "split")
+    example_id = pc.coalesce(own_id, hex_ids(norm_hash))
+    id_hash = label_hashes(own_id, norm_hash)
+    group_hash = label_hashes(group_id, id_hash)
+    group_id = pc.coalesce(group_id, example_id)
+    source_hash = label_hashes(source_id, np.zeros(len(payload), np.uint64))
+    user_split = np.full(len(payload), split_hint, dtype=np.uint8)
+    for name, code in SPLIT_NAMES.items():
+        user_split[pc.equal(split, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
+    answer = combined(taken.answer, "answer")
+    answer_hash, answer_words, answer_chars = answer_features(answer)
+    signature = prompt_signatures(combined(taken.prompt, "prompt"))
+    formats = np.zeros(len(payload), np.uint8)
+    if order is not None:
+        slow_formats = np.asarray([FORMAT_CODES[r.format] for r in slow_rows], np.uint8)
+        formats = np.concatenate([np.zeros(n_fast, np.uint8), slow_formats])[order]
+    lines_out = pc.binary_join_element_wise(
+        '{"id":', _json_strings(example_id), ",", pc.utf8_slice_codeunits(payload, 1), "\n", ""
+    )
+    index = pa.table(
+        {
+            "line": line_index + 1,
+            "offset": lines.starts[line_index],
+            "length": lines.lengths[line_index],
+            "example_id": example_id,
+            "group_id": group_id,
+            "source_id": source_id,
+            "tokens": combined_numbers(taken.tokens, "tokens", np.int64),
+            "norm_hash": norm_hash,
+            "fixes": combined_numbers(np.zeros(n_fast, np.uint8), "fixes", np.uint8),
+            "quality": combined_numbers(np.zeros(n_fast, np.uint8), "quality", np.uint8),
+            "format": formats,
+            "user_split": user_split,
+            "group_hash": group_hash,
+            "id_hash": id_hash,
+            "source_hash": source_hash,
+            "answer_hash": answer_hash,
+            "answer_words": answer_words,
+            "answer_chars": answer_chars,
+            "free_text": free_text_answers(answer, answer_words),
+            "signature": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(SIGNATURE_BYTES), len(signature), [None, pa.py_buffer(signature.tobytes())]
+            ),
+            "size": np.diff(string_buffers(lines_out)[1]),
+        }
+    ).cast(INDEX_SCHEMA)
+    return lines_out, index
 
 
 def scan_chunk(task: ChunkTask) -> ChunkResult:
@@ -286,73 +482,12 @@ def scan_chunk(task: ChunkTask) -> ChunkResult:
         handle.seek(task.start)
         data = handle.read(task.end - task.start)
     lines = ChunkLines.of(data)
-    lengths = lines.lengths
-    config = task.config
     result = ChunkResult(task=task, lines=len(lines))
-    fast = FastRows.empty()
-    if config.format == "chat" and len(lines):
-        fast = fast_rows(lines, config.max_tokens, config.strip_markdown)
     rejected: list[bytes] = []
-    slow_lines, slow_rows = [], []
-    slow_path = np.ones(len(lines), dtype=bool)
-    slow_path[fast.lines] = False
-    for index in np.flatnonzero(slow_path).tolist():
-        kept = _scan_line(lines[index], index + 1, config, result.reasons, rejected)
-        if kept is not None:
-            slow_lines.append(index)
-            slow_rows.append(kept)
-    slow = list(zip(*slow_rows, strict=True)) or [[] for _ in range(6)]
-    line_index, order = fast.lines, None
-    if slow_lines:
-        line_index = np.concatenate([fast.lines, np.asarray(slow_lines, dtype=np.int64)])
-        order = np.argsort(line_index, kind="stable")
-        line_index = line_index[order]
-
-    def combined(fast_values: pa.Array, slow_values: Any) -> pa.Array:
-        if order is None:
-            return fast_values
-        return pa.concat_arrays([fast_values, pa.array(slow_values, pa.string())]).take(pa.array(order))
-
-    def combined_numbers(fast_values: np.ndarray, slow_values: Any, dtype: type[np.generic]) -> np.ndarray:
-        if order is None:
-            return fast_values.astype(dtype, copy=False)
-        return np.concatenate([fast_values.astype(dtype), np.asarray(slow_values, dtype)])[order]
-
-    payload = combined(fast.payload, [p.decode() for p in slow[0]])
-    lines_out = pc.binary_join_element_wise(payload, "\n", "")
-    example_id = combined(fast.example_id, slow[2])
-    group_id = combined(fast.group_id, slow[3])
-    norm_hash = line_hashes(lines_out)
-    unlabelled = pc.and_(group_id.is_null(), example_id.is_null()).to_numpy(zero_copy_only=False)
-    example_id = pc.coalesce(example_id, hex_ids(norm_hash))
-    group_id = pc.coalesce(group_id, example_id)
-    group_hash = norm_hash.copy()
-    labelled = np.flatnonzero(~unlabelled)
-    if len(labelled):
-        labels = group_id.take(pa.array(labelled)).to_pylist()
-        group_hash[labelled] = np.array([label_hash(g) for g in labels], dtype=np.uint64)
-    starts = lines.starts + task.start
-    targets = assign_splits(group_hash, task.split) if task.split else np.zeros(len(group_hash), dtype=np.uint8)
-    table = pa.table(
-        {
-            "line": line_index + 1,
-            "offset": starts[line_index],
-            "length": lengths[line_index],
-            "example_id": example_id,
-            "group_id": group_id,
-            "source_id": combined(fast.source_id, slow[4]),
-            "tokens": combined_numbers(fast.tokens, slow[1], np.int64),
-            "norm_hash": norm_hash,
-            "fixes": combined_numbers(np.zeros(len(fast.lines), np.uint8), slow[5], np.uint8),
-            "group_hash": group_hash,
-            "size": np.diff(string_buffers(lines_out)[1]),
-            "target": targets,
-        }
-    ).cast(INDEX_SCHEMA)
-    result.kept = table.num_rows
-    feather.write_feather(table, result.path("index.arrow"), compression="uncompressed")
-    for target in range(3 if task.split else 1):
-        selected = lines_out.filter(pa.array(targets == target)) if task.split else lines_out
-        result.path(f"kept-{target}.jsonl").write_bytes(string_buffers(selected)[0])
+    lines_out, index = scan_chunk_lines(lines, task.config, result.reasons, rejected, task.split_hint)
+    index = index.set_column(1, "offset", pc.add(index["offset"], task.start))
+    result.kept = index.num_rows
+    feather.write_feather(index, result.path("index.arrow"), compression="uncompressed")
+    result.path("kept.jsonl").write_bytes(string_buffers(lines_out)[0])
     result.path("rejected.jsonl").write_bytes(b"\n".join(rejected) + b"\n" if rejected else b"")
     return result

@@ -1,9 +1,12 @@
-"""Which split each example goes to: a seeded hash of its group, cut at the ratios.
+"""Split stage: which split each group of examples goes to.
 
-Every row of a group lands in the same split, the assignment of a group never depends on any
-other row (so it can be decided while scanning, and adding data never moves an existing
-example to another split), and split sizes follow the ratios up to sampling noise (about
-the square root of the number of groups).
+Sizes follow the ratios as exactly as groups allow: the target row count of each split is
+the largest-remainder rounding of ratio x rows, groups are put in a seeded order (a hash of
+each group's key, so the order never depends on input order) and cut where their running row
+count passes the targets. With at least three groups, validation and test each get at least
+one (when their ratio is not 0). A user's own assignment is kept: rows whose ``split`` field
+or file says where they belong stay there, and pull the rest of their group with them; the
+targets of the other rows are what remains of each split's share.
 """
 
 from __future__ import annotations
@@ -13,22 +16,31 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from ft_assets.dataset.read import NO_SPLIT
+
 SPLITS = ("train", "validation", "test")
+
+
+class SplitError(Exception):
+    """The examples cannot be split as configured; the message says what is needed."""
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How kept examples are divided: ratios for train/validation/test and the seed."""
+    """How kept examples are divided: ratios for train/validation/test, the seed, the smallest dataset."""
 
     seed: int = 0
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    min_examples: int = 10
 
     def __post_init__(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {self.ratios}")
+        if self.min_examples < 1:
+            raise ValueError(f"min_examples must be at least 1, got {self.min_examples}")
 
 
-def _mix64(values: np.ndarray) -> np.ndarray:
+def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finalizer: a fixed, platform-independent scramble of 64-bit values."""
     with np.errstate(over="ignore"):
         x = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -37,9 +49,58 @@ def _mix64(values: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def assign_splits(group_hash: np.ndarray, config: SplitConfig) -> np.ndarray:
-    """Return 0/1/2 (train/validation/test) for each row's group hash."""
+def target_sizes(rows: int, ratios: tuple[float, float, float]) -> np.ndarray:
+    """Return the rows each split should get: ratio x rows rounded by largest remainder."""
+    exact = np.asarray(ratios, dtype=np.float64) * rows
+    sizes = np.floor(exact).astype(np.int64)
+    remainder = exact - sizes
+    order = np.argsort(-remainder, kind="stable")  # ties go to train, then validation, then test
+    sizes[order[: rows - int(sizes.sum())]] += 1
+    return sizes
+
+
+def assign_splits(
+    group_of_row: np.ndarray, group_key: np.ndarray, user_split: np.ndarray, config: SplitConfig
+) -> np.ndarray:
+    """Return 0/1/2 (train/validation/test) for each row.
+
+    ``group_of_row`` numbers each row's group (0..groups-1), ``group_key`` is a stable 64-bit key
+    per group (orders groups for the seed), ``user_split`` a row's own split or ``NO_SPLIT``.
+    """
+    rows = len(group_of_row)
+    if rows < config.min_examples:
+        raise SplitError(
+            f"{rows} examples after cleaning; splitting needs at least {config.min_examples} "
+            f"({config.min_examples - rows} more), or lower min_examples"
+        )
+    groups = len(group_key)
+    sizes = np.bincount(group_of_row, minlength=groups)
+    anchored = user_split != NO_SPLIT
+    anchor = np.full(groups, NO_SPLIT, dtype=np.int64)
+    np.minimum.at(anchor, group_of_row[anchored], user_split[anchored].astype(np.int64))
+    target = np.full(groups, -1, dtype=np.int64)
+    fixed = anchor != NO_SPLIT
+    target[fixed] = anchor[fixed]
+    taken = np.bincount(target[fixed], weights=sizes[fixed], minlength=3).astype(np.int64)
+    wanted = np.maximum(target_sizes(rows, config.ratios) - taken, 0)
+    free = np.flatnonzero(~fixed)
     seed_key = np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode()))
-    position = (_mix64(group_hash.astype(np.uint64) ^ seed_key) >> np.uint64(11)).astype(np.float64) / 2.0**53
-    bounds = np.cumsum(config.ratios)[:2]
-    return np.searchsorted(bounds, position, side="right").astype(np.uint8)
+    free = free[np.argsort(mix64(group_key[free] ^ seed_key), kind="stable")]
+    middle = np.cumsum(sizes[free]) - sizes[free] / 2
+    target[free] = np.searchsorted(np.cumsum(wanted)[:2], middle, side="right")
+    if groups >= 3:
+        _give_each_split_a_group(target, free, config.ratios)
+    return target[group_of_row].astype(np.uint8)
+
+
+def _give_each_split_a_group(target: np.ndarray, free: np.ndarray, ratios: tuple[float, float, float]) -> None:
+    """Move the last free group(s) of the fullest split into an empty validation or test split."""
+    for split in (1, 2):
+        if ratios[split] == 0 or (target == split).any():
+            continue
+        counts = np.bincount(target[free], minlength=3)
+        donor = int(np.argmax(counts))
+        if counts[donor] < 2:
+            continue
+        candidates = free[target[free] == donor]
+        target[candidates[-1]] = split

@@ -1,4 +1,7 @@
-"""Text helpers for cleaning: markdown stripping, duplicate keys, token estimates.
+"""Text rules of cleaning: markdown debris, leaked follow-up questions, cut-off answers, token estimates.
+
+This module is the one source of truth for these rules: the per-line reference path applies
+them, and the columnar fast path only sends every text they might touch to that path.
 
 Token counts are estimates, since no tokenizer can be downloaded offline: a quarter of the
 characters of each message (the usual rule of thumb for English BPE tokenizers) plus the
@@ -17,9 +20,20 @@ CHARS_PER_TOKEN = 4
 # Bytes dropped from lower-cased canonical JSON to make the duplicate key (with the JSON escapes
 # of newline, tab and CR): whitespace is dropped, not collapsed, so "a b" and "ab" share a key.
 NORMALIZED_AWAY = b"*_`#>~ \t\n\r\x0b\x0c"
-_CODE_FENCE = re.compile(r"^\s*```[\w-]*\s*$", re.MULTILINE)
-_EMPHASIS = re.compile(r"(\*\*|__|`)")
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
+# An answer of at least this many words is free text: it should end like a sentence.
+FREE_TEXT_MIN_WORDS = 8
+# How a finished sentence (or a list, code or a quotation) may end.
+SENTENCE_ENDS = frozenset(".!?)]}\"'`:;>*|\u2026\u201d\u2019\u00bb\u3002\uff01\uff1f")
+
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)[^\n`]*$\n?", re.MULTILINE)
+_RULE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$\n?", re.MULTILINE)
+_HEADING_LINE = re.compile(r"^[ \t]{0,3}#{1,6}(?:[ \t][^\n]*)?$\n?", re.MULTILINE)
+_HEADING = re.compile(r"^([ \t]{0,3})#{1,6}(?:[ \t]+|$)", re.MULTILINE)
+_STRONG = re.compile(r"\*\*|__|`")
+_EMPHASIS = re.compile(r"(?<!\S)\*(?=\w)([^*\n]*?[\w.!?])\*(?!\w)")
+_FOLLOWUP = re.compile(r"^[ \t]*(?:q|question)[ \t]*\d*[ \t]*[:.)]", re.IGNORECASE | re.MULTILINE)
+_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+_WORD = re.compile(r"[^ \t\n]+")
 
 
 def estimate_tokens(characters: int, messages: int) -> int:
@@ -27,15 +41,52 @@ def estimate_tokens(characters: int, messages: int) -> int:
     return -(-characters // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_REPLY
 
 
-def has_markdown(text: bytes | str) -> bool:
-    """Return whether ``text`` may hold markdown marks that ``strip_markdown`` removes."""
-    if isinstance(text, str):
-        return "**" in text or "__" in text or "`" in text or "#" in text
-    return b"**" in text or b"__" in text or b"`" in text or b"#" in text
+def has_markdown(text: str) -> bool:
+    """Return whether ``text`` holds markdown debris that ``strip_markdown`` removes."""
+    return bool(_FENCE.search(text) or _RULE.search(text) or _HEADING.search(text) or _STRONG.search(text)) or bool(
+        _EMPHASIS.search(text)
+    )
 
 
 def strip_markdown(text: str) -> str:
-    """Remove code fences, headings, bold/underline marks and code spans; keep the words."""
-    text = _CODE_FENCE.sub("", text)
-    text = _HEADING.sub("", text)
-    return _EMPHASIS.sub("", text).strip()
+    """Remove fences, horizontal rules, headings, bold/underline marks, code spans and *emphasis*.
+
+    A heading line goes with its words when other text follows (a title the generator added),
+    else only its marks. Repeats until nothing is left to remove (a mark can reveal another).
+    """
+    for _ in range(8):
+        stripped = _FENCE.sub("", text)
+        stripped = _RULE.sub("", stripped)
+        without_headings = _HEADING_LINE.sub("", stripped)
+        stripped = without_headings if without_headings.strip() else _HEADING.sub(r"\1", stripped)
+        stripped = _STRONG.sub("", stripped)
+        stripped = _EMPHASIS.sub(r"\1", stripped)
+        stripped = _BLANK_RUNS.sub("\n\n", stripped)
+        if stripped == text:
+            break
+        text = stripped
+    return text.strip()
+
+
+def cut_followup(text: str) -> tuple[str, bool]:
+    """Cut a leaked follow-up question (a later line starting ``Q:``/``Question:``) and what follows it.
+
+    A horizontal rule just before it goes too. Returns (text, whether one was found).
+    """
+    for match in _FOLLOWUP.finditer(text):
+        if match.start() == 0:
+            continue
+        head = text[: match.start()].rstrip()
+        head = _RULE.sub("", head + "\n").rstrip()
+        return head, True
+    return text, False
+
+
+def word_count(text: str) -> int:
+    """Return the number of words, separated by ASCII spaces, tabs and newlines."""
+    return len(_WORD.findall(text))
+
+
+def looks_cut_off(answer: str) -> bool:
+    """Return whether a free-text answer (``FREE_TEXT_MIN_WORDS`` or more) stops mid-sentence."""
+    return bool(answer) and answer[-1] not in SENTENCE_ENDS and word_count(answer) >= FREE_TEXT_MIN_WORDS

@@ -1,6 +1,7 @@
 """The evaluation table: every local model on the test split, one DuckDB row per (model version, test split version)."""
 
 import json
+from collections import Counter
 from typing import Any
 
 import dagster as dg
@@ -15,9 +16,11 @@ EVALUATION_CODE = source_version(
     "ft_assets.evaluation.metrics",
     "ft_assets.evaluation.runners",
     "ft_assets.evaluation.assets",
+    "ft_assets.training.chat_rows",
     "ft_assets.training.lora",
 )
 RESULTS = "evaluations.json"
+SKIPPED = "skipped_test_rows.json"
 TABLE_COLUMNS = [
     "model", "model_version", "n", "exact_match", "field_accuracy", "token_accuracy", "loss", "perplexity",
     "latency_p50_ms", "latency_p95_ms", "output_tokens_mean",
@@ -84,13 +87,15 @@ def evaluation_table(
     reused = ref is not None
     if ref is None:
         with artifacts.stage("evaluation_table") as staging:
-            rows = _evaluate(context, config, base_model, lora_adapter, merged_model, train_split, test_split)
+            rows, skipped = _evaluate(context, config, base_model, lora_adapter, merged_model, train_split, test_split)
             (staging / RESULTS).write_text(json.dumps(rows, indent=2, sort_keys=True))
+            (staging / SKIPPED).write_text(json.dumps(skipped, indent=2, sort_keys=True))
             ref = artifacts.publish(staging, "evaluation_table")
         artifacts.remember("evaluation_table", key, ref)
     else:
         context.log.info(f"evaluation_table: models and test split unchanged; reusing {ref.path}")
     rows = json.loads(ref.file(RESULTS).read_text())
+    skipped = json.loads(ref.file(SKIPPED).read_text()) if ref.file(SKIPPED).exists() else {}
     lineage.record_evaluations(
         [{**row, "test_split_version": test_split.version, "evaluated_by": "evaluation_table",
           "evaluation_version": ref.version, "run_id": context.run.run_id} for row in rows]
@@ -109,6 +114,7 @@ def evaluation_table(
             ),
             "adapter_exact_match": by_model["lora_adapter"]["exact_match"],
             "base_zero_shot_exact_match": by_model["base_model (zero-shot)"]["exact_match"],
+            "test_rows_skipped": dg.MetadataValue.json(skipped),
         },
     )
 
@@ -121,11 +127,15 @@ def _evaluate(
     merged: ArtifactRef,
     train: ArtifactRef,
     test: ArtifactRef,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run every local model on the test cases; return the evaluation rows and the skipped test rows by reason."""
     from ft_assets.evaluation.runners import eval_cases, few_shot_examples, load_model, run_local, with_shots
     from ft_assets.training.lora import read_rows
 
-    cases = eval_cases(read_rows(test.file("data.jsonl")))
+    skipped: Counter[str] = Counter()
+    cases = eval_cases(read_rows(test.file("data.jsonl")), skipped)
+    if skipped:
+        context.log.warning(f"evaluation_table: test rows the local models cannot answer, skipped: {dict(skipped)}")
     if not cases:
         raise dg.Failure("evaluation_table: test_split holds no chat example with an assistant answer")
     shots = few_shot_examples(read_rows(train.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
@@ -139,7 +149,7 @@ def _evaluate(
         row = {"model": spec["model"], "model_version": spec["model_version"], "provider": "local", **result.row(golds)}
         context.log.info(f"{spec['model']}: exact match {row['exact_match']:.3f} on {row['n']} test examples")
         rows.append(row)
-    return rows
+    return rows, dict(skipped)
 
 
 @dg.asset_check(

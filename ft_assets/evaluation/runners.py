@@ -1,8 +1,12 @@
 """Run a local model over a test split: greedy answers with latency, and loss on the gold answers.
 
 A test row's prompt is every message before its last assistant turn; the gold answer is that
-turn. A few-shot prompt puts ``k`` train examples as earlier user/assistant turns after the
-system message. No dagster import here.
+turn (its ``weight`` plays no part here). Rows are read as the local trainer reads them
+(``training.chat_rows.row_messages``): the ``id`` key is ignored, a ``name`` on a system/user turn
+is folded into its text, a preference row is its input with the preferred answer as gold, and
+rows the local model cannot use (tool calling, a named assistant turn) are skipped and counted.
+A few-shot prompt puts ``k`` train examples as earlier user/assistant turns after the system
+message. No dagster import here.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ft_assets.evaluation.metrics import percentile, score_answers
+from ft_assets.training.chat_rows import UnusableRow, row_messages
 from ft_assets.training.lora import load_base
 
 Log = Callable[[str], None]
@@ -30,14 +36,21 @@ class EvalCase:
     gold: str
 
 
-def eval_cases(rows: Sequence[dict[str, Any]]) -> list[EvalCase]:
-    """Return the test cases of chat rows (rows without an assistant turn are skipped)."""
+def eval_cases(rows: Sequence[dict[str, Any]], skipped: Counter[str] | None = None) -> list[EvalCase]:
+    """Return the test cases of chat and preference rows; count the rows skipped, by reason, into ``skipped``."""
     cases = []
     for row in rows:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row.get("messages", [])]
+        try:
+            messages = [{"role": m["role"], "content": m["content"]} for m in row_messages(row)]
+        except UnusableRow as unusable:
+            if skipped is not None:
+                skipped[unusable.reason] += 1
+            continue
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is not None:
             cases.append(EvalCase(messages[:last], messages[last]["content"]))
+        elif skipped is not None:
+            skipped["no_assistant_turn"] += 1
     return cases
 
 

@@ -10,16 +10,12 @@ group) and its generator (provider, model, prompt hash, temperature, seed).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from ft_assets.dataset.formats import check_chat
 from ft_assets.llm.calls import ChatRequest
 
 Mode = Literal["paraphrase", "documents", "distill"]
@@ -45,7 +41,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "documents": ("question", "answer"),
     "distill": ("answer",),
 }
-_DEFINITION = re.compile(r"^\s*([A-Z][\w &/'-]{0,60}?)\s*:\s+(\S.*)$")
 
 
 def response_format(mode: str) -> str:
@@ -89,45 +84,7 @@ class Planned:
     kept_answer: str | None = None
     original: str | None = None
     prior: tuple[tuple[str, str], ...] = ()
-
-
-def usable_examples(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Return the raw chat rows that are valid and end with an assistant answer, with their source ids."""
-    rows = []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if not isinstance(row, dict) or "messages" not in row or check_chat(row):
-                    continue
-                messages = row["messages"]
-                if messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str):
-                    continue
-                source_id = str(row.get("id") or f"{path.name}:{number}")
-                rows.append({"source_id": source_id, "group": str(row.get("group") or source_id), "messages": messages})
-    return rows
-
-
-def document_entries(folder: Path) -> list[dict[str, str]]:
-    """Return the term/definition entries of the source documents (``Term: definition`` lines, CSV rows)."""
-    entries = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix == ".csv":
-            with open(path, encoding="utf-8", newline="") as handle:
-                for row in csv.DictReader(handle):
-                    values = list(row.values())
-                    if values and values[0]:
-                        details = "; ".join(f"{k}: {v}" for k, v in list(row.items())[1:] if v)
-                        entries.append({"document": path.name, "term": values[0], "definition": details})
-        elif path.suffix in (".md", ".txt"):
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                match = _DEFINITION.match(line)
-                if match:
-                    entries.append({"document": path.name, "term": match.group(1), "definition": match.group(2)})
-    return entries
+    entry: tuple[str, str] | None = None
 
 
 def _example_id(*parts: object) -> str:
@@ -150,10 +107,11 @@ def plan(settings: Settings, examples: Sequence[dict[str, Any]], entries: Sequen
             seed = settings.seed + variant
             if mode == "documents":
                 source_id = f"{source['document']}#{source['term']}"
-                group = f"doc:{source_id}"
+                group = f"doc:{source['document']}:{source['term']}"
                 ask = f"Term: {source['term']}\nDefinition: {source['definition']}\n(question {variant + 1})"
                 messages = (("system", PROMPTS[mode]), ("user", ask))
                 system, kept, original, prior = task_system, None, None, ()
+                entry = (source["term"], source["definition"])
             else:
                 source_id, group = source["source_id"], source["group"]
                 conversation = source["messages"]
@@ -169,11 +127,12 @@ def plan(settings: Settings, examples: Sequence[dict[str, Any]], entries: Sequen
                     shown = [(m["role"], m["content"]) for m in conversation[:-1] if m["role"] != "system"]
                     messages = (("system", PROMPTS[mode] + ("\n\n" + system if system else "")), *shown)
                     kept, original, prior = None, None, ()
+                entry = None
             request = ChatRequest(settings.model, messages, settings.temperature, seed, fmt)
             planned.append(
                 Planned(
                     _example_id(mode, source_id, variant, request.body()), source_id, group, variant, mode, request,
-                    system, kept, original, prior,
+                    system, kept, original, prior, entry,
                 )
             )  # fmt: skip
     return planned

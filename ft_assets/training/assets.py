@@ -22,7 +22,12 @@ from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "training"
 BASE_CODE = source_version("ft_assets.training.base_model", "ft_assets.training.assets")
-LORA_CODE = source_version("ft_assets.training.lora", "ft_assets.training.lora_pipes", "ft_assets.training.assets")
+LORA_CODE = source_version(
+    "ft_assets.training.lora",
+    "ft_assets.training.chat_rows",
+    "ft_assets.training.lora_pipes",
+    "ft_assets.training.assets",
+)
 MERGE_CODE = source_version("ft_assets.training.merge", "ft_assets.training.lora")
 BUILTIN_SOURCE = "builtin"
 BUILTIN_LEARNING_RATE = 2e-2
@@ -192,9 +197,10 @@ def model_card(base: ArtifactRef, train: ArtifactRef, validation: ArtifactRef, s
     """Return the adapter's model card: what it was trained from, and how."""
     settings = summary["settings"]
     rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(settings.items()) if name != "extra")
+    data_note = _data_note(summary.get("data", {}).get("train", {}))
     return f"""# LoRA adapter (ft-assets)
 
-Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on assistant tokens only).
+Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on assistant turns, weight-0 ones excepted).
 
 | made from | version |
 |---|---|
@@ -202,7 +208,7 @@ Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on a
 | train_split | {train.version} ({summary["train_examples"]} examples) |
 | validation_split | {validation.version} ({summary["validation_examples"]} examples) |
 
-Device {summary["device"]}, precision {summary["precision"]}; {summary["steps"]} steps; final train loss
+{data_note}Device {summary["device"]}, precision {summary["precision"]}; {summary["steps"]} steps; final train loss
 {summary["final_train_loss"]}, final eval loss {summary["final_eval_loss"]}; {summary["tokens_per_second"]} tokens/s.
 
 | hyperparameter | value |
@@ -211,6 +217,18 @@ Device {summary["device"]}, precision {summary["precision"]}; {summary["steps"]}
 
 Load it with `PeftModel.from_pretrained(base, "<this folder>")` on top of the base model folder above.
 """
+
+
+def _data_note(train: dict[str, Any]) -> str:
+    """Say how the train split's rows were used, when not every row was a plain trained chat example."""
+    plain = train.get("trained_examples") == train.get("rows") and not train.get("preference_rows_as_chat")
+    if not train or (plain and not train.get("weight_zero_turns")):
+        return ""
+    return (
+        f"Of {train['rows']} train rows: {train['preference_rows_as_chat']} preference rows trained as input + "
+        f"preferred answer, {train['rows_without_trained_turn']} skipped (every assistant turn has weight 0); "
+        f"{train['weight_zero_turns']} weight-0 assistant turns kept as context without loss.\n\n"
+    )
 
 
 def _lora_metadata(ref: ArtifactRef) -> dict[str, Any]:
@@ -230,6 +248,7 @@ def _lora_metadata(ref: ArtifactRef) -> dict[str, Any]:
         "device": summary["device"],
         "precision": summary["precision"],
         "hyperparameters": dg.MetadataValue.json(summary["settings"]),
+        "training_rows": dg.MetadataValue.json(summary.get("data", {})),
         "loss_table": markdown_table(table, ["step", "epoch", "loss", "eval_loss", "learning_rate"]),
         "loss_curve": image(ref.file("loss_curve.png"), "training loss"),
         "model_card": dg.MetadataValue.md(ref.file("README.md").read_text()),

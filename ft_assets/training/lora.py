@@ -2,9 +2,12 @@
 
 ``train_lora`` is the whole recipe; the configuration objects carry the detail. Precision
 follows the device (fp32 on CPU, bf16 on a GPU that has it, else fp16); QLoRA loads the base
-in 4 bits through bitsandbytes and needs CUDA. The loss is on assistant tokens only (the
-chat template's ``{% generation %}`` markers; trl swaps in a marked template when a model's
-own lacks them).
+in 4 bits through bitsandbytes and needs CUDA. The loss is on assistant tokens only, and only on
+assistant turns whose ``weight`` is not 0: each row is tokenized here (``chat_rows.tokenize_chat``:
+the chat template's ``{% generation %}`` markers, with trl's marked template when a model's own
+lacks them) into ``input_ids`` + ``assistant_masks``, and trl builds the labels from that mask.
+What happens to ``name``, tool calling, preference rows and the ``id`` key is in ``chat_rows``:
+tool-calling rows make training fail with a count; skipped rows are counted in the summary.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ft_assets.training.base_model import model_location, tokenizer_location
+from ft_assets.training.chat_rows import ChatExamples, chat_examples, tokenize_chat
 
 Log = Callable[[str], None]
 HISTORY_FILE = "training_history.json"
@@ -88,14 +92,44 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def training_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return the conversational rows trl trains on (chat rows keep only their messages)."""
-    out = []
-    for row in rows:
-        if "messages" not in row:
-            raise TrainingError("LoRA SFT needs chat rows with 'messages'; preference rows are for DPO")
-        out.append({"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
-    return out
+def training_examples(path: str | Path, split: str) -> ChatExamples:
+    """Read a split's rows into the conversations to train on; refuse the split if rows cannot be trained."""
+    examples = chat_examples(read_rows(path))
+    refusal = examples.refusal(f"the {split} split ({path})")
+    if refusal:
+        raise TrainingError(refusal)
+    return examples
+
+
+def training_template(tokenizer: Any) -> str | None:
+    """Return the chat template to tokenize with: None for the tokenizer's own when it has generation markers."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if not tokenizer.chat_template:
+        raise TrainingError("the base model's tokenizer has no chat template to render chat examples with")
+    if has_generation_markers(tokenizer.chat_template):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError as error:
+        raise TrainingError(
+            f"the base model's chat template has no {{% generation %}} markers and trl cannot patch it ({error}); "
+            "add the markers around assistant turns"
+        ) from error
+
+
+def tokenized_dataset(tokenizer: Any, conversations: Sequence[Sequence[dict[str, Any]]]) -> Any:
+    """Return a ``datasets.Dataset`` of ``input_ids`` + ``assistant_masks`` (weight-0 turns masked out)."""
+    from datasets import Dataset
+
+    template = training_template(tokenizer)
+    rows = []
+    for number, messages in enumerate(conversations, start=1):
+        try:
+            rows.append(tokenize_chat(tokenizer, messages, template))
+        except ValueError as error:
+            raise TrainingError(f"example {number}: {error}") from error
+    return Dataset.from_list(rows)
 
 
 def _progress_callback(log: Log, history: list[dict[str, Any]]) -> Any:
@@ -135,7 +169,9 @@ def sft_config(settings: LoraSettings, output_dir: Path, precision: str, has_val
         weight_decay=settings.weight_decay,
         seed=settings.seed,
         data_seed=settings.seed,
-        assistant_only_loss=True,
+        # The datasets come tokenized with ``assistant_masks`` (weight-0 turns zeroed), from which trl builds
+        # the labels; trl's own ``assistant_only_loss`` only applies to untokenized "messages" rows.
+        assistant_only_loss=False,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         eval_strategy="epoch" if has_validation else "no",
@@ -188,6 +224,30 @@ def load_base(base_dir: str | Path, quantization: Any = None) -> tuple[Any, Any]
     return model, tokenizer
 
 
+def sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Sequence[dict[str, Any]]],
+    validation: Sequence[Sequence[dict[str, Any]]],
+    settings: LoraSettings,
+    work: Path,
+    precision: str,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """Return the trl ``SFTTrainer`` for the conversations (tokenized here; labels -100 outside trained turns)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_config(settings, work, precision, bool(validation)),
+        train_dataset=tokenized_dataset(tokenizer, train),
+        eval_dataset=tokenized_dataset(tokenizer, validation) if validation else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        callbacks=list(callbacks),
+    )
+
+
 def train_lora(
     base_dir: str | Path,
     train_path: str | Path,
@@ -204,17 +264,24 @@ def train_lora(
     """
     import tempfile
 
-    from datasets import Dataset
     from peft import prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
     device, precision = device_precision(settings.precision)
     quantization = _quantization_config(settings, device)
-    train = training_rows(read_rows(train_path))
+    train_data = training_examples(train_path, "train")
+    train = train_data.conversations
     if not train:
-        raise TrainingError(f"{train_path} holds no example to train on")
-    validation = training_rows(read_rows(validation_path)) if validation_path else []
+        raise TrainingError(f"{train_path} holds no example to train on ({train_data.summary()})")
+    validation_data = training_examples(validation_path, "validation") if validation_path else ChatExamples()
+    validation = validation_data.conversations
+    for split, data in (("train", train_data), ("validation", validation_data)):
+        if data.preference_rows_as_chat or data.rows_without_trained_turn or data.weight_zero_turns:
+            log(
+                f"{split}: {data.preference_rows_as_chat} preference rows trained as input + preferred_output, "
+                f"{data.rows_without_trained_turn} rows skipped (every assistant turn has weight 0), "
+                f"{data.weight_zero_turns} weight-0 assistant turns kept as context without loss"
+            )
     model, tokenizer = load_base(base_dir, quantization)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model)
@@ -227,15 +294,7 @@ def train_lora(
         f"on {device} in {precision}"
     )
     with tempfile.TemporaryDirectory(dir=scratch, prefix=".lora-") as work:
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(settings, Path(work), precision, bool(validation)),
-            train_dataset=Dataset.from_list(train),
-            eval_dataset=Dataset.from_list(validation) if validation else None,
-            processing_class=tokenizer,
-            peft_config=lora_config(settings),
-            callbacks=callbacks,
-        )
+        trainer = sft_trainer(model, tokenizer, train, validation, settings, Path(work), precision, callbacks)
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
         started = time.perf_counter()
         result = trainer.train()
@@ -255,6 +314,7 @@ def train_lora(
         "precision": precision,
         "train_examples": len(train),
         "validation_examples": len(validation),
+        "data": {"train": train_data.summary(), "validation": validation_data.summary()},
         "steps": result.global_step,
         "epochs_run": round(history[-1]["epoch"], 3) if history else settings.epochs,
         "final_train_loss": losses[-1] if losses else None,

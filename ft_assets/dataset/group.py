@@ -1,0 +1,203 @@
+"""Group stage: examples that are the same question in other words are put in one group.
+
+Rows are joined into one group when they share an explicit ``group`` label, when one is the
+synthetic variant of the other (its ``source_id`` is the other's id), when they give the same
+free-text answer, or when their prompts are near duplicates. Groups, not rows, are what the
+split stage assigns, so none of these can straddle two splits.
+
+Answers that repeat by design are labels (a category shared by many invoices) and are not
+grouped under ``group_by_answer: auto``: an answer counts as free text when it has at least
+``FREE_TEXT_ANSWER_WORDS`` words and is neither JSON nor made only of short ``Key: value``
+lines. ``always`` groups every repeated answer, ``never`` none.
+
+Near-duplicate prompts are found with MinHash over the set of lower-cased words of the user
+turns (32 hash functions, 8 bits each), banded for locality-sensitive hashing (8 bands of 4
+bins) and confirmed when the estimated Jaccard similarity reaches the threshold. The
+per-row features are computed in the scan workers; ``form_groups`` sees only fixed-size numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from ft_assets.dataset.columnar import string_buffers
+from ft_assets.dataset.deduplicate import line_hashes
+from ft_assets.dataset.splitting import mix64
+
+SIGNATURE_BINS = 32
+SIGNATURE_BYTES = SIGNATURE_BINS
+BANDS = 8
+EMPTY_BIN = np.uint8(0xFF)
+_HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+FREE_TEXT_ANSWER_WORDS = 4
+GROUP_BY_ANSWER = ("auto", "always", "never")
+# Every line a short "Key: value" pair: a structured label, e.g. "Category: Travel\nVendor: Acme".
+_STRUCTURED = r"^(?:[^:\n]{1,40}:[ \t]*[^\n]{0,60}(?:\n|$))+$"
+_PUNCTUATION = bytes(range(0x21, 0x30)) + bytes(range(0x3A, 0x41)) + bytes(range(0x5B, 0x61)) + bytes(range(0x7B, 0x7F))
+_TO_SPACE = bytes.maketrans(_PUNCTUATION + b"\t\n\r", b" " * (len(_PUNCTUATION) + 3))
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Which rows are grouped beyond explicit labels and synthetic sources."""
+
+    group_by_answer: str = "auto"
+    near_duplicate_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.group_by_answer not in GROUP_BY_ANSWER:
+            raise ValueError(
+                f"group_by_answer must be one of {', '.join(GROUP_BY_ANSWER)}, got {self.group_by_answer!r}"
+            )
+        if not 0 <= self.near_duplicate_threshold <= 1:
+            raise ValueError(
+                f"near_duplicate_threshold must be in [0, 1] (0 turns it off), got {self.near_duplicate_threshold}"
+            )
+
+
+def word_counts(strings: pa.Array) -> np.ndarray:
+    """Return the number of words (runs of bytes other than space, tab and newline) in each string."""
+    data, offsets = string_buffers(strings)
+    n = len(strings)
+    if not len(data):
+        return np.zeros(n, dtype=np.int32)
+    separator = (data == ord(" ")) | (data == ord("\t")) | (data == ord("\n"))
+    opens = np.concatenate([[True], separator[:-1]])
+    opens[offsets[:-1][offsets[:-1] < len(data)]] = True
+    starts = np.flatnonzero(~separator & opens)
+    return np.bincount(np.searchsorted(offsets[1:], starts, side="right"), minlength=n)[:n].astype(np.int32)
+
+
+def answer_features(answers: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return, per answer, (its duplicate key or 0 when empty, its word count, its length in characters).
+
+    The key is the duplicate key of ``deduplicate``: answers equal up to case, whitespace and
+    markdown marks share it.
+    """
+    words = word_counts(answers)
+    chars = pc.utf8_length(answers).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
+    flat = pc.replace_substring(pc.replace_substring(answers, "\n", " "), "\r", " ")
+    keys = line_hashes(pc.binary_join_element_wise(flat, "\n", ""))
+    keys[words == 0] = 0
+    return keys, words, chars
+
+
+def free_text_answers(answers: pa.Array, words: np.ndarray) -> np.ndarray:
+    """Return which answers are free text (see the module docstring), as opposed to labels."""
+    if not len(answers):
+        return np.zeros(0, dtype=bool)
+    structured = pc.match_substring_regex(answers, _STRUCTURED).fill_null(False).to_numpy(zero_copy_only=False)
+    json_like = pc.match_substring_regex(answers, r"^\s*[\[{]").fill_null(False).to_numpy(zero_copy_only=False)
+    return (words >= FREE_TEXT_ANSWER_WORDS) & ~structured & ~json_like
+
+
+def prompt_signatures(prompts: pa.Array) -> np.ndarray:
+    """Return the MinHash signature (``SIGNATURE_BINS`` bytes, one hash function each) of each prompt's word set."""
+    n = len(prompts)
+    signature = np.full((n, SIGNATURE_BINS), EMPTY_BIN, dtype=np.uint8)
+    if not n:
+        return signature
+    data, _ = string_buffers(prompts)
+    lowered = pc.utf8_lower(prompts) if len(data) and data.max() >= 0x80 else prompts
+    low_data, offsets = string_buffers(lowered)
+    text = low_data.tobytes().translate(_TO_SPACE)
+    text = text.translate(bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz"))
+    spaced = pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(text))
+    words = pc.utf8_split_whitespace(spaced)
+    counts = pc.list_value_length(words).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(words)
+    if not len(flat):
+        return signature
+    encoded = pc.dictionary_encode(flat)
+    vocabulary = encoded.dictionary.cast(pa.binary()).to_pylist()
+    word_hash = np.fromiter(map(xxhash.xxh3_64_intdigest, vocabulary), np.uint64, len(vocabulary))
+    per_function = (mix64(word_hash[:, None] ^ _HASH_SEEDS[None, :]) >> np.uint64(56)).astype(np.uint8)
+    values = per_function[encoded.indices.to_numpy()]
+    has_words = counts > 0
+    starts = (np.cumsum(counts) - counts)[has_words]
+    signature[has_words] = np.minimum.reduceat(values, starts, axis=0)
+    return signature
+
+
+def similar(signature: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
+    """Return, for each pair of rows, whether their estimated Jaccard similarity reaches ``threshold``."""
+    same = (signature[first] == signature[second]).mean(axis=1)
+    return same >= threshold
+
+
+def band_keys(signature: np.ndarray) -> np.ndarray:
+    """Return the ``BANDS`` 32-bit band keys of each signature; rows without words get no band (all 0)."""
+    keys = np.ascontiguousarray(signature).view(np.uint32).reshape(len(signature), BANDS).copy()
+    keys[(signature == EMPTY_BIN).all(axis=1)] = 0
+    return keys
+
+
+def _pairs(keys: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return neighbouring (node, node) pairs that share a non-zero key."""
+    keep = keys != 0
+    keys, nodes = keys[keep], nodes[keep]
+    order = np.argsort(keys, kind="stable")
+    keys, nodes = keys[order], nodes[order]
+    same = keys[1:] == keys[:-1]
+    return nodes[:-1][same], nodes[1:][same]
+
+
+def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return pairs of rows whose prompts are near duplicates (sharing a band, then confirmed)."""
+    if threshold <= 0 or not len(signature):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = band_keys(signature)
+    nodes = np.arange(len(signature))
+    firsts, seconds = [], []
+    for band in range(BANDS):
+        first, second = _pairs(keys[:, band], nodes)
+        confirmed = similar(signature, first, second, threshold)
+        firsts.append(first[confirmed])
+        seconds.append(second[confirmed])
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Return each row's group number (0..groups-1) and what joined them.
+
+    ``columns``: ``group_hash`` (label or own key), ``id_hash``, ``source_hash`` (0: none),
+    ``answer_hash`` (0: none), ``free_text`` (bool) and ``signature`` (rows x ``SIGNATURE_BINS`` uint8).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(columns["group_hash"])
+    nodes = np.arange(n)
+    edges: dict[str, tuple[np.ndarray, np.ndarray]] = {"label": _pairs(columns["group_hash"], nodes)}
+    has_source = np.flatnonzero(columns["source_hash"] != 0)
+    if len(has_source):
+        keys = np.concatenate([columns["id_hash"], columns["source_hash"][has_source]])
+        first, second = _pairs(keys, np.concatenate([nodes, has_source]))
+        edges["synthetic_source"] = (first, second)
+    answer = columns["answer_hash"]
+    if config.group_by_answer == "auto":
+        answer = np.where(columns["free_text"], answer, np.uint64(0))
+    if config.group_by_answer != "never":
+        edges["same_answer"] = _pairs(answer, nodes)
+    edges["near_duplicate_prompt"] = near_duplicate_pairs(columns["signature"], config.near_duplicate_threshold)
+    first = np.concatenate([e[0] for e in edges.values()])
+    second = np.concatenate([e[1] for e in edges.values()])
+    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(n, n))
+    count, labels = connected_components(graph, directed=False) if n else (0, np.zeros(0, np.int32))
+    grouped_by = {}
+    for name, (a, b) in edges.items():
+        grouped_by[name] = {"pairs": len(a), "rows": len(np.unique(np.concatenate([a, b])))}
+    report = {
+        "groups": int(count),
+        "group_by_answer": config.group_by_answer,
+        "near_duplicate_threshold": config.near_duplicate_threshold,
+        "free_text_answers": int(np.count_nonzero(columns["free_text"])),
+        "joined_by": grouped_by,
+    }
+    return labels.astype(np.int64), report

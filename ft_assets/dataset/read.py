@@ -1,0 +1,132 @@
+"""Read stage: which input files there are, what shape each is, and which byte ranges to scan.
+
+JSONL files are scanned where they lie. A ``.json`` file holding an array of rows is written
+out as JSONL (one element per line, so line N is element N-1) into a scratch folder first;
+any other file that is not JSONL is refused with one line that says what it is. A file may be
+declared a split by its name or folder (``train``, ``validation``/``valid``/``val``/``dev``,
+``test``): its rows keep that split unless a row says otherwise with its own ``split`` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+JSONL_SUFFIXES = (".jsonl",)
+ARRAY_SUFFIXES = (".json",)
+SPLIT_NAMES = {"train": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2}
+NO_SPLIT = 255
+
+
+class PrepError(Exception):
+    """An input cannot be read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: the JSONL file to scan, the name outputs give it, and its declared split."""
+
+    path: Path
+    label: str
+    kind: str = "jsonl"
+    split: int = NO_SPLIT
+
+
+def declared_split(path: Path) -> int:
+    """Return the split a file is declared as by its stem or its folder's name, or ``NO_SPLIT``."""
+    for name in (path.stem.lower(), path.parent.name.lower()):
+        if name in SPLIT_NAMES:
+            return SPLIT_NAMES[name]
+    return NO_SPLIT
+
+
+def _describe(path: Path, head: bytes) -> str:
+    """Say in a few words what a file that is not JSONL seems to be."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if path.suffix.lower() == ".csv" or (b"," in head.split(b"\n", 1)[0] and not text.startswith((b"{", b"["))):
+        return "a CSV file"
+    if path.suffix.lower() in (".parquet", ".arrow") or head.startswith(b"PAR1"):
+        return "a Parquet/Arrow file"
+    if path.suffix.lower() in (".md", ".txt"):
+        return "a text document"
+    return f"a {path.suffix or 'suffix-less'} file"
+
+
+def find_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """Return the files named by ``inputs``: folders give their ``*.jsonl`` and ``*.json``, sorted per folder."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jsonl", ".json"))
+            if not found:
+                raise PrepError(f"{path}: folder holds no .jsonl or .json file")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PrepError(f"{path}: no such file or folder")
+    return files
+
+
+def _array_to_jsonl(path: Path, out: Path) -> None:
+    """Write the elements of the JSON array in ``path`` to ``out``, one per line."""
+    try:
+        value = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError as error:
+        raise PrepError(f"{path}: not valid JSON ({error}); write one JSON object per line (.jsonl)") from error
+    if not isinstance(value, list):
+        kind = type(value).__name__.replace("dict", "object").replace("str", "string")
+        raise PrepError(f"{path}: a JSON {kind}, not an array of rows; write one JSON object per line (.jsonl)")
+    with open(out, "wb") as handle:
+        for element in value:
+            handle.write(orjson.dumps(element) + b"\n")
+
+
+def open_inputs(inputs: Sequence[str | Path], scratch: Path, labels: Sequence[str] | None = None) -> list[InputFile]:
+    """Return every input as a JSONL file to scan (JSON arrays converted into ``scratch``)."""
+    files = find_files(inputs)
+    names = list(labels) if labels is not None else [str(f) for f in files]
+    if len(names) != len(files):
+        raise ValueError(f"{len(names)} labels for {len(files)} input files")
+    opened = []
+    for number, (file, label) in enumerate(zip(files, names, strict=True)):
+        try:
+            with open(file, "rb") as handle:
+                head = handle.read(4096)
+        except OSError as error:
+            raise PrepError(f"{file}: cannot be read ({error.strerror or error})") from error
+        split = declared_split(file)
+        suffix = file.suffix.lower()
+        if suffix in ARRAY_SUFFIXES or (
+            suffix not in JSONL_SUFFIXES and head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
+        ):
+            converted = scratch / f"array-{number:04d}.jsonl"
+            _array_to_jsonl(file, converted)
+            opened.append(InputFile(converted, label, "json_array", split))
+        elif suffix in JSONL_SUFFIXES or head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b""):
+            opened.append(InputFile(file, label, "jsonl", split))
+        else:
+            raise PrepError(f"{file}: {_describe(file, head)}, not JSONL (one JSON object per line) or a JSON array")
+    return opened
+
+
+def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[tuple[int, Path, int, int]]:
+    """Cut each file into byte ranges of about ``chunk_bytes`` that end on a newline."""
+    chunks = []
+    for index, item in enumerate(files):
+        size = item.path.stat().st_size
+        start = 0
+        with open(item.path, "rb") as handle:
+            while start < size:
+                end = min(start + chunk_bytes, size)
+                if end < size:
+                    handle.seek(end)
+                    handle.readline()
+                    end = handle.tell()
+                chunks.append((index, item.path, start, end))
+                start = end
+    return chunks
