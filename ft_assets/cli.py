@@ -31,7 +31,29 @@ def main() -> None:
 @click.option("--ratios", default="0.8,0.1,0.1", show_default=True, callback=_ratios, help="train,validation,test")
 @click.option("--max-tokens", default=4096, show_default=True, help="Reject examples above this token estimate.")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "chat", "preference"]), show_default=True)
-@click.option("--keep-markdown", is_flag=True, help="Do not strip markdown marks from assistant answers.")
+@click.option("--keep-markdown", is_flag=True, help="Do not strip markdown debris from the turns.")
+@click.option(
+    "--suspicious",
+    default="fix",
+    type=click.Choice(["keep", "fix", "reject"]),
+    show_default=True,
+    help="Answers with a leaked follow-up question or cut off mid-sentence.",
+)
+@click.option(
+    "--group-by-answer",
+    default="auto",
+    type=click.Choice(["auto", "always", "never"]),
+    show_default=True,
+    help="Keep rows with the same answer in one split (auto: free-text answers only).",
+)
+@click.option(
+    "--near-duplicates",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Jaccard similarity of prompts' words that puts rows in one group (0: off).",
+)
+@click.option("--min-examples", default=10, show_default=True, help="Fail below this many cleaned examples.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
 def prep(
     inputs: tuple[str, ...],
@@ -41,20 +63,31 @@ def prep(
     max_tokens: int,
     fmt: str,
     keep_markdown: bool,
+    suspicious: str,
+    group_by_answer: str,
+    near_duplicates: float,
+    min_examples: int,
     workers: int | None,
 ) -> None:
-    """Clean, deduplicate and split JSONL INPUTS (files or folders) into --out."""
-    from ft_assets.dataset.prep import PrepError, SplitConfig
+    """Clean, deduplicate, group and split INPUTS (JSONL files, JSON arrays or folders) into --out."""
+    from ft_assets.dataset.prep import GroupConfig, PrepError, SplitConfig, SplitError
     from ft_assets.dataset.prep import prep as run_prep
     from ft_assets.dataset.scan import CleanConfig
 
-    config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown)
+    config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown, suspicious=suspicious)
+    split_config = SplitConfig(seed=seed, ratios=ratios, min_examples=min_examples)
     try:
-        # This process has started no threads yet, so its workers can be forked directly.
+        # This process has started no threads yet, so its workers can be forked directly (where fork exists).
         report = run_prep(
-            inputs, out_dir, config, SplitConfig(seed=seed, ratios=ratios), workers=workers, start_method="fork"
+            inputs,
+            out_dir,
+            config,
+            split_config,
+            GroupConfig(group_by_answer, near_duplicates),
+            workers=workers,
+            start_method="fork",
         )
-    except PrepError as error:
+    except (PrepError, SplitError) as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)
     splits = ", ".join(f"{name} {info['rows']}" for name, info in report["splits"].items())

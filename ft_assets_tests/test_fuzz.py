@@ -25,14 +25,17 @@ SEED_ROWS = [
             {"role": "assistant", "content": "### BGP\nThe routing protocol of the internet.\n---\nQ: And OSPF?"},
         ]
     },
-    {"messages": [{"role": "user", "content": "Grüße 😀 \"quoted\" \\ back"}, {"role": "assistant", "content": "ok."}]},
+    {"messages": [{"role": "user", "content": 'Grüße 😀 "quoted" \\ back'}, {"role": "assistant", "content": "ok."}]},
     {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Category: Travel"}], "id": 7},
     {
         "input": [{"role": "user", "content": "Pick one"}],
         "preferred_output": [{"role": "assistant", "content": "A."}],
         "non_preferred_output": [{"role": "assistant", "content": "B."}],
     },
-    {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}], "split": "test"},
+    {
+        "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}],
+        "split": "test",
+    },
 ]
 SEED_LINES = [json.dumps(row, ensure_ascii=False).encode() for row in SEED_ROWS]
 INSERTS = [
@@ -94,7 +97,9 @@ def test_fast_and_reference_paths_decide_alike(lines: list[bytes], strip: bool, 
     assert outcomes[0] == outcomes[1]
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None, max_examples=25)
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None, max_examples=25
+)
 @given(lines=lines_strategy)
 def test_any_bytes_end_kept_or_rejected_and_kept_rows_are_valid(lines: list[bytes], tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from ft_assets.cli import main
 from ft_assets.dataset.prep import CLEANED, CLEANED_INDEX, REJECTED, SplitConfig, clean, prep, split
 from ft_assets.dataset.scan import CleanConfig
-from ft_assets_tests.conftest import chat, read_jsonl, write_jsonl
+from ft_assets_tests.conftest import ROOT, chat, read_jsonl, write_jsonl
 
 
 def _accounted(out: Path, files: list[Path]) -> None:
@@ -176,11 +177,14 @@ def test_preference_rows_are_cleaned_and_split(tmp_path):
         for i in range(30)
     ]
     rows.append({"messages": [{"role": "user", "content": "a chat row"}, {"role": "assistant", "content": "x"}]})
-    report = prep([write_jsonl(tmp_path / "p.jsonl", rows)], tmp_path / "out")
-    assert report["format"] == "preference"
-    assert report["by_reason"] == {"format_mismatch": 1}
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    report = prep([path], tmp_path / "out")
+    assert report["format"] == "mixed" and report["formats"] == {"chat": 1, "preference": 30}
+    assert report["by_reason"] == {}
     assert report["fixes"] == {"trimmed_whitespace": 30}
-    assert sum(s["rows"] for s in report["splits"].values()) == 30
+    assert sum(s["rows"] for s in report["splits"].values()) == 31
+    only = prep([path], tmp_path / "only", CleanConfig(format="preference"))
+    assert only["format"] == "preference" and only["by_reason"] == {"format_mismatch": 1}
 
 
 def test_prep_cli_writes_the_promised_files_byte_identically(shipped_raw, tmp_path):
@@ -214,7 +218,7 @@ def test_prep_cli_writes_the_promised_files_byte_identically(shipped_raw, tmp_pa
     ("args", "message"),
     [
         (["prep", "missing.jsonl"], "missing.jsonl: no such file or folder"),
-        (["prep", "{empty}"], "holds no .jsonl file"),
+        (["prep", "{empty}"], "holds no .jsonl or .json file"),
     ],
 )
 def test_prep_cli_fails_with_one_clear_line(tmp_path, args, message):
@@ -240,3 +244,50 @@ def test_prep_equals_clean_then_split(shipped_raw, tmp_path):
         assert (tmp_path / "prep" / f"{name}.jsonl").read_bytes() == (tmp_path / "split" / f"{name}.jsonl").read_bytes()
         assert report["splits"][name] == result[name]
     assert (tmp_path / "prep" / REJECTED).read_bytes() == (tmp_path / "clean" / REJECTED).read_bytes()
+
+
+HIDE_LINUX_ONLY = """
+import multiprocessing
+import os
+
+for name in ("copy_file_range", "pread"):
+    if hasattr(os, name):
+        delattr(os, name)
+multiprocessing.get_all_start_methods = lambda: ["spawn"]
+import ft_assets.dataset.memory as memory
+
+memory._mallopt = lambda: None
+os.environ["FT_ASSETS_HIDDEN_CALLS"] = "1"
+"""
+
+PREP_SCRIPT = """
+import os, sys
+from pathlib import Path
+from ft_assets.dataset.prep import clean, prep
+
+if __name__ == "__main__":
+    assert os.environ.get("FT_ASSETS_HIDDEN_CALLS") == sys.argv[3], "sitecustomize ran as expected"
+    assert hasattr(os, "copy_file_range") == (sys.argv[3] == "0") or not sys.platform.startswith("linux")
+    prep([sys.argv[1]], Path(sys.argv[2]) / "prep", workers=2, chunk_bytes=4096, start_method="fork")
+    clean([sys.argv[1]], Path(sys.argv[2]) / "clean", workers=2, chunk_bytes=4096)
+"""
+
+
+def test_prep_is_byte_identical_without_linux_only_calls(shipped_raw, tmp_path):
+    """copy_file_range, pread, mallopt and fork hidden (here and in every worker): the same bytes out."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_LINUX_ONLY)
+    script = tmp_path / "run.py"
+    script.write_text(PREP_SCRIPT)
+    for name, hidden in (("plain", "0"), ("hidden", "1")):
+        env = {**os.environ, "FT_ASSETS_HIDDEN_CALLS": "0"}
+        if hidden == "1":
+            env["PYTHONPATH"] = os.pathsep.join([str(hide), str(ROOT)])
+        command = [sys.executable, str(script), str(shipped_raw), str(tmp_path / name), hidden]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert result.returncode == 0, result.stderr
+    for relative in ("prep/train.jsonl", "prep/validation.jsonl", "prep/test.jsonl", "prep/rejected.jsonl"):
+        assert (tmp_path / "plain" / relative).read_bytes() == (tmp_path / "hidden" / relative).read_bytes()
+    for relative in ("clean/cleaned.jsonl", "clean/rejected.jsonl", "clean/cleaned.index.parquet"):
+        assert (tmp_path / "plain" / relative).read_bytes() == (tmp_path / "hidden" / relative).read_bytes()

@@ -9,13 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ft_assets.dataset.scan import identify
 from ft_assets.definitions import defs
 from ft_assets.llm.calls import Budget, ChatRequest, Prices, ResponseCache, run_requests
 from ft_assets.llm.client import ClientSettings, NotConfigured, async_client
 from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets.synthetic import offline
 from ft_assets.synthetic.generate import Settings, build_example, plan
-from ft_assets.synthetic.rows import source_group, usable_examples
+from ft_assets.synthetic.rows import usable_examples
 from ft_assets.synthetic.sources import Fields, read_entries
 from ft_assets_tests.conftest import ROOT, chat, write_jsonl
 from ft_assets_tests.standin import StandIn
@@ -283,12 +284,12 @@ def test_sources_are_distinct_raw_rows_and_carry_a_group(tmp_path):
         chat("Invoice C ", "Category: Utilities"),
     ]
     examples, duplicates = usable_examples([write_jsonl(tmp_path / "raw.jsonl", rows)])
-    assert duplicates == 2 and [e["group"] for e in examples] == ["a1", "vendor-b", source_group(rows[3]["messages"])]
+    assert duplicates == 2 and [e["group"] for e in examples] == ["a1", "vendor-b", identify(rows[3])[0]]
     planned = plan(Settings(variants=2), examples, [])
     item = planned[-1]
     example, _ = build_example(item, '{"text": "Invoice C, reworded"}', {"provider": "test"})
-    assert example["group"] == example["source_id"] == source_group(rows[3]["messages"])
-    assert example["group"].startswith("src-") and len(example["group"]) == 20
+    assert example["group"] == example["source_id"] == identify(rows[3])[0]
+    assert len(example["group"]) == 16
     entry = {"document": "g.json", "term": "P&L", "definition": "Profit and loss."}
     assert plan(Settings(mode="documents"), examples, [entry])[0].group == "doc:g.json:P&L"
 

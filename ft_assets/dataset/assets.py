@@ -16,17 +16,33 @@ from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "data"
 SPLIT_ASSETS = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
+GROUPING = "grouping.json"
 SNAPSHOT_CODE = source_version("ft_assets.dataset.snapshot", "ft_assets.artifacts")
 CLEANING_CODE = source_version(
-    "ft_assets.dataset.formats", "ft_assets.dataset.text", "ft_assets.dataset.scan", "ft_assets.dataset.prep"
+    "ft_assets.dataset.read",
+    "ft_assets.dataset.formats",
+    "ft_assets.dataset.text",
+    "ft_assets.dataset.columnar",
+    "ft_assets.dataset.scan",
+    "ft_assets.dataset.deduplicate",
+    "ft_assets.dataset.group",
+    "ft_assets.dataset.write",
+    "ft_assets.dataset.prep",
 )
-SPLIT_CODE = source_version("ft_assets.dataset.prep")
+SPLIT_CODE = source_version(
+    "ft_assets.dataset.group", "ft_assets.dataset.splitting", "ft_assets.dataset.prep", "ft_assets.dataset.write"
+)
+RAW_PATTERN = "*.jsonl|*.json"
 
 
 class RawExamplesConfig(dg.Config):
     """Where the raw chat examples are read from."""
 
-    folder: str = Field("data/raw", description="Folder whose *.jsonl files (recursively) are the raw examples.")
+    folder: str = Field(
+        "data/raw",
+        description="Folder whose *.jsonl files and *.json arrays (recursively) are the raw examples. A file or "
+        "folder named train, validation (valid, val, dev) or test keeps its rows in that split.",
+    )
 
 
 class SourceDocumentsConfig(dg.Config):
@@ -38,9 +54,19 @@ class SourceDocumentsConfig(dg.Config):
 class CleaningConfig(dg.Config):
     """Rules for keeping, fixing and rejecting examples."""
 
-    format: Literal["auto", "chat", "preference"] = Field("auto", description="Row format; auto takes the first row's.")
+    format: Literal["auto", "chat", "preference"] = Field(
+        "auto",
+        description="Row format: auto takes each row's own (a mix is reported); chat or preference rejects others.",
+    )
     max_tokens: int = Field(4096, description="Reject examples whose estimated tokens exceed this.")
-    strip_markdown: bool = Field(True, description="Remove bold marks, code spans and headings from assistant answers.")
+    strip_markdown: bool = Field(
+        True, description="Remove markdown debris (emphasis, headings, horizontal rules, fences) from every turn."
+    )
+    suspicious: Literal["keep", "fix", "reject"] = Field(
+        "fix",
+        description="Answers with a leaked follow-up question or cut off mid-sentence: keep (flag only), fix (cut "
+        "the follow-up; flag the rest) or reject.",
+    )
 
 
 class SplitsConfig(dg.Config):
@@ -48,6 +74,15 @@ class SplitsConfig(dg.Config):
 
     seed: int = Field(0, description="Seed of the group-to-split assignment.")
     ratios: list[float] = Field([0.8, 0.1, 0.1], description="Shares of train, validation and test (sum to 1).")
+    min_examples: int = Field(10, description="Fail with a clear message below this many cleaned examples.")
+    group_by_answer: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Keep rows that give the same answer in one split: auto does it for free-text answers (4+ words, "
+        "not JSON, not only short 'Key: value' lines), not for labels that repeat by design.",
+    )
+    near_duplicate_threshold: float = Field(
+        0.8, description="Group rows whose prompts' word sets have at least this Jaccard similarity (0 turns it off)."
+    )
 
 
 def _snapshot(
@@ -93,14 +128,14 @@ def _snapshot(
     group_name=GROUP,
     code_version=SNAPSHOT_CODE,
     kinds={"jsonl"},
-    description="Snapshot of every *.jsonl file under the raw folder (default data/raw). A changed file gives a "
-    "new data version; each file's SHA-256 is kept in lineage.",
+    description="Snapshot of every *.jsonl file and *.json array under the raw folder (default data/raw). A changed "
+    "file gives a new data version; each file's SHA-256 is kept in lineage.",
 )
 def raw_examples(
     context: dg.AssetExecutionContext, config: RawExamplesConfig, artifacts: ArtifactStore, lineage: LineageStore
 ) -> dg.Output[ArtifactRef]:
     """Copy the raw example files into an immutable artifact."""
-    return _snapshot(context, "raw_examples", config.folder, "*.jsonl", artifacts, lineage, config)
+    return _snapshot(context, "raw_examples", config.folder, RAW_PATTERN, artifacts, lineage, config)
 
 
 @dg.asset(
@@ -119,8 +154,9 @@ def source_documents(
     group_name=GROUP,
     code_version=CLEANING_CODE,
     kinds={"jsonl"},
-    description="Raw and synthetic examples after validation, fixes (CRLF, outer whitespace, stray markdown) and "
-    "de-duplication. Every input line is either kept or listed in rejected.jsonl with its file, line and reasons.",
+    description="Raw and synthetic examples after validation, fixes (CRLF, outer whitespace, markdown debris, leaked "
+    "follow-up questions, dropped keys) and de-duplication. Every input line is either kept or listed in "
+    "rejected.jsonl with its file, line and reasons; suspicious answers are flagged in report.json.",
 )
 def cleaned_examples(
     context: dg.AssetExecutionContext,
@@ -133,7 +169,7 @@ def cleaned_examples(
     """Validate, fix and de-duplicate the raw and synthetic examples."""
     import json
 
-    from ft_assets.dataset.prep import REJECTED, clean
+    from ft_assets.dataset.prep import REJECTED, PrepError, clean
     from ft_assets.dataset.scan import CleanConfig
     from ft_assets.dataset.snapshot import MANIFEST, snapshot_files
 
@@ -141,9 +177,17 @@ def cleaned_examples(
     files = [*snapshot_files(Path(raw_examples.path)), synthetic_examples.file("examples.jsonl")]
     labels = [(Path(manifest["source"]) / f["name"]).as_posix() for f in manifest["files"]]
     labels.append("synthetic_examples/examples.jsonl")
-    clean_config = CleanConfig(format=config.format, max_tokens=config.max_tokens, strip_markdown=config.strip_markdown)
+    clean_config = CleanConfig(
+        format=config.format,
+        max_tokens=config.max_tokens,
+        strip_markdown=config.strip_markdown,
+        suspicious=config.suspicious,
+    )
     with artifacts.stage("cleaned_examples") as staging:
-        report = clean(files, staging, clean_config, labels=labels)
+        try:
+            report = clean(files, staging, clean_config, labels=labels)
+        except PrepError as error:
+            raise dg.Failure(f"cleaned_examples: {error}") from error
         (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         rejected = head_jsonl(staging / REJECTED, 20)
         preview = head_jsonl(staging / "cleaned.jsonl", 5)
@@ -152,6 +196,13 @@ def cleaned_examples(
         f"cleaned_examples: read {report['read']} = kept {report['kept']} + rejected {report['rejected']} "
         f"({report['duplicates']} duplicates)"
     )
+    for entry in report["files"]:
+        if entry["kept"] == 0:
+            context.log.warning(
+                f"cleaned_examples: {entry['path']} contributed no example ({entry['read']} lines read)"
+            )
+    if report["quality"]:
+        context.log.warning(f"cleaned_examples: suspicious rows flagged: {report['quality']} (see data_quality)")
     metadata = lineage.record(context, ref, [raw_examples, synthetic_examples], config)
     return dg.Output(
         ref,
@@ -165,10 +216,15 @@ def cleaned_examples(
             "read_equals_kept_plus_rejected": report["read"] == report["kept"] + report["rejected"],
             "dagster/row_count": report["kept"],
             "format": report["format"],
+            "rows_per_format": counts_table(report["formats"], "format"),
             "rejects_by_reason": counts_table(report["by_reason"], "reason"),
             "fixes": counts_table(report["fixes"], "fix"),
+            "quality_flags": counts_table(report["quality"], "flag"),
+            "data_quality": markdown_table(
+                [{**r, "flags": ", ".join(r["flags"])} for r in report["quality_rows"]], ["file", "line", "flags"]
+            ),
             "tokens_per_example": dg.MetadataValue.json(report["tokens"]),
-            "per_file": markdown_table(report["files"], ["path", "read", "kept", "rejected"]),
+            "per_file": markdown_table(report["files"], ["path", "kind", "read", "kept", "rejected"]),
             "rejected_rows": markdown_table(
                 [
                     {"file": r["file"], "line": r["line"], "reasons": ", ".join(r["reasons"]), "raw": r["raw"]}
@@ -205,6 +261,17 @@ def _split_metadata(ref: ArtifactRef) -> dict[str, Any]:
     }
 
 
+def _grouping_metadata(grouping: dict[str, Any]) -> dict[str, Any]:
+    joined = [{"joined_by": name, **counts} for name, counts in grouping["joined_by"].items()]
+    return {
+        "groups_formed": grouping["groups"],
+        "grouping": markdown_table(joined, ["joined_by", "pairs", "rows"]),
+        "largest_groups": dg.MetadataValue.json(grouping["largest_groups"]),
+        "group_by_answer": grouping["group_by_answer"],
+        "rows_assigned_by_user": grouping["user_assigned_rows"],
+    }
+
+
 @dg.multi_asset(
     outs={
         asset: dg.AssetOut(
@@ -225,20 +292,33 @@ def splits(
     artifacts: ArtifactStore,
     lineage: LineageStore,
 ) -> Iterator[dg.Output[ArtifactRef]]:
-    """Divide cleaned examples into train, validation and test by group, deterministically for a seed."""
-    from ft_assets.dataset.prep import SplitConfig, split
+    """Group cleaned examples, then divide the groups into train, validation and test, deterministically for a seed."""
+    import json
+
+    from ft_assets.dataset.prep import GroupConfig, SplitConfig, SplitError, split
 
     try:
-        split_config = SplitConfig(seed=config.seed, ratios=tuple(config.ratios))  # type: ignore[arg-type]
+        split_config = SplitConfig(
+            seed=config.seed,
+            ratios=tuple(config.ratios),  # type: ignore[arg-type]
+            min_examples=config.min_examples,
+        )
+        group_config = GroupConfig(config.group_by_answer, config.near_duplicate_threshold)
     except ValueError as error:
         raise dg.Failure(f"splits: {error}") from error
     Path(artifacts.root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=artifacts.root, prefix=".split-") as scratch:
-        report = split(Path(cleaned_examples.path), Path(scratch), split_config)
+        try:
+            report = split(Path(cleaned_examples.path), Path(scratch), split_config, group_config)
+        except SplitError as error:
+            raise dg.Failure(f"splits: {error}") from error
+        grouping = report["grouping"]
+        context.log.info(f"splits: {grouping['groups']} groups; joined by {grouping['joined_by']}")
         for name, asset in SPLIT_ASSETS.items():
             with artifacts.stage(asset) as staging:
                 shutil.move(Path(scratch, f"{name}.jsonl"), staging / "data.jsonl")
                 shutil.move(Path(scratch, f"{name}.members.parquet"), staging / "members.parquet")
+                (staging / GROUPING).write_text(json.dumps(grouping, indent=2, sort_keys=True))
                 ref = artifacts.publish(staging, asset)
             context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
             metadata = lineage.record(
@@ -248,7 +328,7 @@ def splits(
                 ref,
                 output_name=asset,
                 data_version=dg.DataVersion(ref.version),
-                metadata={**metadata, **_split_metadata(ref)},
+                metadata={**metadata, **_split_metadata(ref), **_grouping_metadata(grouping)},
             )
 
 
@@ -272,15 +352,20 @@ def train_split_has_enough_examples(train_split: ArtifactRef) -> dg.AssetCheckRe
     asset="test_split",
     additional_ins={"train_split": dg.AssetIn("train_split"), "validation_split": dg.AssetIn("validation_split")},
     blocking=True,
-    description="No example id, group or normalized duplicate is in two splits.",
+    description="No example id, group, normalized duplicate, grouped free-text answer or near-duplicate prompt is in "
+    "two splits.",
 )
 def splits_do_not_overlap(
     test_split: ArtifactRef, train_split: ArtifactRef, validation_split: ArtifactRef
 ) -> dg.AssetCheckResult:
     """Compare the members of the three splits pairwise."""
+    import json
+
     from ft_assets.dataset.prep import overlaps
 
-    found = overlaps({"train": train_split.path, "validation": validation_split.path, "test": test_split.path})
+    grouping = json.loads(test_split.file(GROUPING).read_text())
+    folders = {"train": train_split.path, "validation": validation_split.path, "test": test_split.path}
+    found = overlaps(folders, grouping["near_duplicate_threshold"])
     return dg.AssetCheckResult(
         passed=not any(found.values()),
         metadata={f"{pair} {column}": count for (pair, column), count in found.items()} if found else {"overlaps": 0},

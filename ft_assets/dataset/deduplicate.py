@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -104,15 +105,19 @@ def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first_of != np.arange(n), first_of
 
 
-def exact_duplicates(
-    duplicate: np.ndarray, first_of: np.ndarray, sizes: np.ndarray, read_row: Callable[[int], bytes]
-) -> np.ndarray:
-    """Return, per row, whether it is a duplicate whose cleaned bytes equal its first occurrence's.
+def exact_duplicates(duplicate: np.ndarray, first_of: np.ndarray, read_row: Callable[[int], bytes]) -> np.ndarray:
+    """Return, per row, whether it is a duplicate whose cleaned content equals its first occurrence's.
 
-    ``read_row(i)`` returns the cleaned bytes of kept row ``i``; only pairs of equal size are read.
+    ``read_row(i)`` returns the cleaned line of kept row ``i``; the example ids are left out of the
+    comparison (two copies of a row under two ids are still the same example).
     """
     exact = np.zeros(len(duplicate), dtype=bool)
     rows = np.flatnonzero(duplicate)
-    rows = rows[sizes[rows] == sizes[first_of[rows]]]
-    exact[rows] = [read_row(row) == read_row(int(first_of[row])) for row in rows.tolist()]
+
+    def content(row: int) -> dict:
+        value = orjson.loads(read_row(row))
+        value.pop("id", None)
+        return value
+
+    exact[rows] = [content(row) == content(int(first_of[row])) for row in rows.tolist()]
     return exact

@@ -385,7 +385,7 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
                 parts[chunk] = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb", buffering=0))
             return read_at(parts[chunk], int(sizes[index]), int(start_in_part[index]))
 
-        exact = exact_duplicates(duplicate, first_of, sizes, read_row)  # while the workers write the outputs
+        exact = exact_duplicates(duplicate, first_of, read_row)  # while the workers write the outputs
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
             label = files[file_index].label

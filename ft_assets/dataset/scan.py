@@ -352,15 +352,17 @@ def scan_line(
     )
 
 
-def example_id_of(row: dict[str, Any]) -> str | None:
-    """Return the example id cleaning gives a raw row (its own ``id``, else a hash of its content).
+def identify(row: dict[str, Any]) -> tuple[str, int] | None:
+    """Return the example id cleaning gives a raw row (its ``id``, else a hash of its content) and its duplicate key.
 
-    None when the row would be rejected. Synthetic generation puts it in a variant's ``source_id``.
+    None when cleaning would reject the row. Synthetic generation uses it so that a variant's
+    ``source_id`` names its source as cleaning does, and to skip duplicate sources.
     """
     kept = scan_line(orjson.dumps(row), 1, CleanConfig(), Counter(), [])
     if kept is None:
         return None
-    return kept.example_id or hex_ids(line_hashes(pa.array([kept.payload.decode()]))).to_pylist()[0]
+    key = line_hashes(pa.array([kept.payload.decode() + "\n"]))
+    return kept.example_id or hex_ids(key).to_pylist()[0], int(key[0])
 
 
 def warm_up() -> None:

@@ -23,7 +23,7 @@ def _count_lines(path: Path) -> int:
 
 
 def snapshot(source: Path, dest: Path, pattern: str) -> dict[str, Any]:
-    """Copy every file under ``source`` matching ``pattern`` into ``dest/files``.
+    """Copy every file under ``source`` matching ``pattern`` (several separated by ``|``) into ``dest/files``.
 
     Returns (and writes as ``manifest.json``) the copied files with size, lines and SHA-256,
     and the files that were left out because they do not match.
@@ -31,7 +31,7 @@ def snapshot(source: Path, dest: Path, pattern: str) -> dict[str, Any]:
     if not source.is_dir():
         raise FileNotFoundError(f"input folder {source} does not exist")
     candidates = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-    chosen = [p for p in candidates if p.match(pattern)]
+    chosen = [p for p in candidates if any(p.match(one) for one in pattern.split("|"))]
     files = []
     for path in chosen:
         relative = path.relative_to(source).as_posix()

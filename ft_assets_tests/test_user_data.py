@@ -1,0 +1,218 @@
+"""A new user's data, not ours: the fixtures in ft_assets_tests/fixtures (see its README) through prep."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from ft_assets.cli import main
+from ft_assets.dataset.prep import REJECTED, GroupConfig, SplitConfig, SplitError, clean, overlaps, prep, split
+from ft_assets.dataset.scan import CleanConfig
+from ft_assets_tests.conftest import chat, read_jsonl, write_jsonl
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SPLITS = ("train", "validation", "test")
+
+
+def _splits(out: Path) -> dict[str, list[dict]]:
+    return {name: read_jsonl(out / f"{name}.jsonl") for name in SPLITS}
+
+
+def _answers(rows: list[dict]) -> set[str]:
+    return {row["messages"][-1]["content"] for row in rows}
+
+
+def test_paraphrased_questions_never_straddle_splits(tmp_path):
+    report = prep([FIXTURES / "glossary_qa.jsonl"], tmp_path, workers=1)
+    rows = _splits(tmp_path)
+    train = _answers(rows["train"])
+    assert rows["validation"] and rows["test"]
+    assert not _answers(rows["validation"]) & train
+    assert not _answers(rows["test"]) & train
+    assert report["grouping"]["groups"] == 30  # one group per term: the four paraphrases share an answer
+    assert report["grouping"]["joined_by"]["same_answer"]["rows"] == 120
+    # Grouping by answer turned off: the same data leaks, so grouping is what prevents it.
+    prep([FIXTURES / "glossary_qa.jsonl"], tmp_path / "never", None, None, GroupConfig("never", 0), workers=1)
+    leaked = _splits(tmp_path / "never")
+    assert _answers(leaked["test"]) & _answers(leaked["train"]) or _answers(leaked["validation"]) & _answers(
+        leaked["train"]
+    )
+
+
+def test_overlap_check_finds_shared_answers_and_near_duplicate_prompts(tmp_path):
+    clean([FIXTURES / "glossary_qa.jsonl"], tmp_path / "clean")
+    split(tmp_path / "clean", tmp_path / "grouped", SplitConfig(), GroupConfig())
+    folders = {}
+    for name in SPLITS:
+        folder = tmp_path / "grouped" / name
+        folder.mkdir()
+        (tmp_path / "grouped" / f"{name}.members.parquet").rename(folder / "members.parquet")
+        folders[name] = folder
+    assert overlaps(folders) == {}
+    # The same members, with one test row's answer key and prompt signature copied from a train row.
+    train = pq.read_table(folders["train"] / "members.parquet")
+    table = pq.read_table(folders["test"] / "members.parquet")
+    test = table.to_pylist()
+    test[0]["answer_key"] = train["answer_key"][0].as_py()
+    test[1]["signature"] = train["signature"][1].as_py()
+    pq.write_table(pa.Table.from_pylist(test, schema=table.schema), folders["test"] / "members.parquet")
+    found = overlaps(folders)
+    assert found[("train/test", "answer_key")] == 1
+    assert found[("train/test", "near_duplicate_prompt")] >= 1
+
+
+def test_label_answers_repeat_by_design_and_every_category_is_in_every_split(shipped_raw, tmp_path):
+    report = prep([shipped_raw], tmp_path, workers=1)
+    assert report["grouping"]["free_text_answers"] == 0
+    for name, rows in _splits(tmp_path).items():
+        categories = {row["messages"][-1]["content"].splitlines()[0] for row in rows}
+        assert len(categories) == 5, (name, categories)
+
+
+def test_ten_rows_split_eight_one_one_and_too_few_fail_clearly(tmp_path):
+    report = prep([FIXTURES / "ten_rows.jsonl"], tmp_path / "ten", workers=1)
+    assert [report["splits"][name]["rows"] for name in SPLITS] == [8, 1, 1]
+    rows = read_jsonl(FIXTURES / "ten_rows.jsonl")[:6]
+    with pytest.raises(SplitError, match=r"6 examples .* at least 10 \(4 more\)"):
+        prep([write_jsonl(tmp_path / "six.jsonl", rows)], tmp_path / "six", workers=1)
+    result = CliRunner().invoke(main, ["prep", str(tmp_path / "six.jsonl"), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 2 and "at least 10" in result.output
+    small = prep([tmp_path / "six.jsonl"], tmp_path / "small", None, SplitConfig(min_examples=3), workers=1)
+    assert all(small["splits"][name]["rows"] >= 1 for name in SPLITS)
+
+
+@pytest.mark.parametrize("rows", [13, 20, 37, 101, 250])
+def test_split_sizes_follow_the_ratios_by_largest_remainder(tmp_path, rows):
+    data = [chat(f"Question number {i} about topic {i * 7}", f"Label {i % 3}") for i in range(rows)]
+    report = prep([write_jsonl(tmp_path / "in.jsonl", data)], tmp_path / "out", workers=1)
+    expected = {13: [11, 1, 1], 20: [16, 2, 2], 37: [29, 4, 4], 101: [81, 10, 10], 250: [200, 25, 25]}[rows]
+    assert [report["splits"][name]["rows"] for name in SPLITS] == expected
+
+
+def test_the_users_own_splits_are_kept(tmp_path):
+    report = prep([FIXTURES / "with_splits"], tmp_path, workers=1)
+    assert [report["splits"][name]["rows"] for name in SPLITS] == [20, 4, 4]
+    given = {name: read_jsonl(FIXTURES / "with_splits" / f"{name}.jsonl") for name in SPLITS}
+    for name, rows in _splits(tmp_path).items():
+        assert [r["messages"] for r in rows] == [g["messages"] for g in given[name]]
+    rows = [chat(f"Item {i}", f"Answer {i}", split="test" if i < 5 else None) for i in range(40)]
+    rows = [{k: v for k, v in row.items() if v is not None} for row in rows]
+    pinned = prep([write_jsonl(tmp_path / "pinned.jsonl", rows)], tmp_path / "pinned", workers=1)
+    test_users = {r["messages"][1]["content"] for r in read_jsonl(tmp_path / "pinned" / "test.jsonl")}
+    assert {f"Item {i}" for i in range(5)} <= test_users
+    assert pinned["splits"]["test"]["rows"] == 5  # the user's five fill the test share (0.1 x 40 = 4 rounds up to 5)
+
+
+def test_no_markdown_debris_survives_in_any_turn_and_fixes_are_counted(tmp_path):
+    report = clean([FIXTURES / "glossary_qa.jsonl"], tmp_path)
+    assert report["fixes"]["stripped_markdown"] == 34
+    assert report["fixes"]["cut_leaked_followup"] == 10 and report["quality"]["leaked_followup"] == 10
+    for row in read_jsonl(tmp_path / "cleaned.jsonl"):
+        for message in row["messages"]:
+            text = message["content"]
+            assert "**" not in text and "```" not in text and "\nQ:" not in text, text
+            assert not any(line.startswith("#") or line.strip() == "---" for line in text.splitlines()), text
+
+
+def test_suspicious_answers_can_be_kept_flagged_or_rejected(tmp_path):
+    long = "A sentence of filler words that goes on. " * 40
+    rows = [
+        chat("What is DNS?", "The phone book of the internet: it maps names to addresses.\n---\nQ: And DHCP?"),
+        chat("What is TCP?", "A reliable, ordered byte stream protocol that retransmits lost segments and"),
+        chat("What is UDP?", long.strip()),
+        *[chat(f"What is term {i}?", f"Term {i} is a short thing.") for i in range(12)],
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    kept = clean([path], tmp_path / "keep", CleanConfig(suspicious="keep"))
+    assert kept["quality"] == {"answer_too_long": 1, "cut_off_answer": 1, "leaked_followup": 1}
+    assert {tuple(r["flags"]) for r in kept["quality_rows"]} == {
+        ("leaked_followup",),
+        ("cut_off_answer",),
+        ("answer_too_long",),
+    }
+    assert "Q: And DHCP?" in (tmp_path / "keep" / "cleaned.jsonl").read_text()
+    fixed = clean([path], tmp_path / "fix", CleanConfig(suspicious="fix"))
+    assert fixed["fixes"]["cut_leaked_followup"] == 1 and "DHCP" not in (tmp_path / "fix" / "cleaned.jsonl").read_text()
+    rejected = clean([path], tmp_path / "reject", CleanConfig(suspicious="reject"))
+    assert rejected["by_reason"] == {"cut_off_answer": 1, "leaked_followup": 1}
+
+
+def test_json_arrays_are_read_with_element_positions(tmp_path):
+    report = clean([FIXTURES / "array_rows.json"], tmp_path)
+    assert (report["read"], report["kept"], report["rejected"]) == (15, 13, 2)
+    assert report["files"][0]["kind"] == "json_array"
+    rejected = read_jsonl(tmp_path / REJECTED)
+    assert [(r["element"], r["reasons"]) for r in rejected] == [
+        (4, ["example_missing_assistant_message"]),
+        (9, ["data_type"]),
+    ]
+
+
+def test_other_files_are_refused_with_one_line_that_says_what_they_are(tmp_path):
+    for name, text, what in [
+        ("terms.csv", "term,definition\nA,b\n", "a CSV file"),
+        ("object.json", '{"messages": []}', "a JSON object, not an array"),
+        ("broken.json", "[{", "not valid JSON"),
+    ]:
+        (tmp_path / name).write_text(text)
+        result = CliRunner().invoke(main, ["prep", str(tmp_path / name), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and what in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_invalid_utf8_rows_are_rejected_with_their_lines(tmp_path):
+    report = clean([FIXTURES / "not_utf8.jsonl"], tmp_path)
+    assert (report["kept"], report["rejected"]) == (17, 3)
+    assert [(r["line"], r["reasons"]) for r in read_jsonl(tmp_path / REJECTED)] == [
+        (3, ["invalid_utf8"]),
+        (7, ["invalid_utf8"]),
+        (15, ["invalid_utf8"]),
+    ]
+
+
+def test_a_mixed_folder_is_read_row_by_row(tmp_path):
+    report = prep([FIXTURES / "mixed"], tmp_path, workers=1)
+    assert report["format"] == "mixed" and report["formats"] == {"chat": 25, "preference": 5}
+    assert report["rejected"] == 0
+
+
+def test_bare_list_preference_input_is_normalized(tmp_path):
+    report = clean([FIXTURES / "preference.jsonl"], tmp_path)
+    assert report["kept"] == 12 and report["fixes"]["input_list_to_messages"] == 3
+    assert all(isinstance(row["input"], dict) for row in read_jsonl(tmp_path / "cleaned.jsonl"))
+
+
+def test_split_rows_carry_their_example_id_and_dropped_keys_are_fixes(tmp_path):
+    rows = [chat(f"Q{i}", f"A{i}", id=f"row-{i}", note="internal") for i in range(12)]
+    report = prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=1)
+    assert report["fixes"] == {"dropped_top_level_keys": 12}
+    ids = [row["id"] for rows in _splits(tmp_path / "out").values() for row in rows]
+    assert sorted(ids) == sorted(f"row-{i}" for i in range(12))
+    assert not any("note" in row for rows in _splits(tmp_path / "out").values() for row in rows)
+
+
+def test_unlabelled_sources_and_their_synthetic_variants_share_a_split(tmp_path):
+    from ft_assets.dataset.scan import identify
+
+    sources = [chat(f"Invoice {i} from vendor {i}", f"Category: C{i % 3}") for i in range(60)]
+    variants = [
+        chat(f"Reworded invoice {i} by supplier {i}", f"Category: C{i % 3}", source_id=identify(row)[0])
+        for i, row in enumerate(sources)
+    ]
+    prep([write_jsonl(tmp_path / "in.jsonl", sources + variants)], tmp_path / "out", workers=1)
+    where = {}
+    for name, rows in _splits(tmp_path / "out").items():
+        for row in rows:
+            number = row["messages"][1]["content"].split()[-4 if "supplier" in row["messages"][1]["content"] else 1]
+            where.setdefault(number, set()).add(name)
+    assert len(where) == 60 and all(len(found) == 1 for found in where.values())
+
+
+def test_report_counts_every_line(tmp_path):
+    report = prep([FIXTURES / "glossary_qa.jsonl", FIXTURES / "not_utf8.jsonl"], tmp_path, workers=1)
+    assert report["read"] == 140 == report["kept"] + report["rejected"]
+    assert Counter(len(json.loads(line)["reasons"]) for line in (tmp_path / REJECTED).open()) == {1: 3}
