@@ -123,7 +123,7 @@ def real_lineage(tmp_path, monkeypatch):
     raw = Path("data/raw")
     raw.mkdir(parents=True)
     rows = [
-        chat(f"Invoice {n} from ACME, total {n * 10} EUR.", f"label-{n % 3}", id=f"inv-{n:04d}") for n in range(1, 9)
+        chat(f"Invoice {n} from ACME, total {n * 10} EUR.", f"label-{n % 3}", id=f"inv-{n:04d}") for n in range(1, 17)
     ]
     rows[2] = rows[0]  # line 3: the same example as line 1
     rows[4] = {"id": "inv-bad", "messages": [{"role": "user", "content": "no answer"}]}  # line 5

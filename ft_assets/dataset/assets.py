@@ -215,6 +215,7 @@ def cleaned_examples(
             "duplicates": report["duplicates"],
             "read_equals_kept_plus_rejected": report["read"] == report["kept"] + report["rejected"],
             "dagster/row_count": report["kept"],
+            "synthetic_examples_kept": report["files"][-1]["kept"],
             "format": report["format"],
             "rows_per_format": counts_table(report["formats"], "format"),
             "rejects_by_reason": counts_table(report["by_reason"], "reason"),
