@@ -244,35 +244,25 @@ _FLAGS = _byte_table(
 
 _SENTENCE_END_BYTES = np.zeros(256, dtype=bool)
 _SENTENCE_END_BYTES[[ord(c) for c in SENTENCE_ENDS if ord(c) < 0x80]] = True
-_LINE_WINDOW = 8
 
 
 def _line_starts_flagged(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, markdown: np.ndarray, answer: np.ndarray
 ) -> np.ndarray:
-    """Flag contents with a line whose first non-blank byte may open a rule (``-``) or a follow-up (``Q``).
+    """Flag contents with a line that may open a rule (``-``) or a follow-up question (``Q``).
 
     Rules are looked for in ``markdown`` contents, follow-up questions in ``answer`` contents; a
-    line starting with more blanks than the window looks at is flagged too (conservative).
+    line starting with a blank is flagged too (the per-line path looks past it).
     """
-    subject = markdown | answer
     newlines = np.flatnonzero(data == ord("\n"))
-    owners = np.concatenate([np.flatnonzero(subject), np.searchsorted(ends, newlines, side="right")])
-    line_starts = np.concatenate([starts[subject], newlines + 1])
-    keep = subject[owners]
-    owners, line_starts = owners[keep], line_starts[keep]
+    owners = np.concatenate([np.arange(len(starts)), np.searchsorted(ends, newlines, side="right")])
+    line_starts = np.concatenate([starts, newlines + 1])
+    inside = line_starts < ends[owners]
+    owners, line_starts = owners[inside], line_starts[inside]
+    byte = data[line_starts]
+    hit = (markdown[owners] & (byte == ord("-"))) | (answer[owners] & ((byte | 0x20) == ord("q")))
+    hit |= (markdown[owners] | answer[owners]) & ((byte == ord(" ")) | (byte == ord("\t")))
     flagged = np.zeros(len(starts), dtype=bool)
-    if not len(owners):
-        return flagged
-    at = line_starts[:, None] + np.arange(_LINE_WINDOW)
-    inside = at < ends[owners][:, None]
-    window = data[np.minimum(at, len(data) - 1)]
-    visible = inside & (window != ord(" ")) & (window != ord("\t"))
-    first = np.argmax(visible, axis=1)
-    byte = window[np.arange(len(owners)), first]
-    found = visible.any(axis=1)
-    hit = (found & markdown[owners] & (byte == ord("-"))) | (found & answer[owners] & ((byte | 0x20) == ord("q")))
-    hit |= ~found & inside[:, -1]
     flagged[owners[hit]] = True
     return flagged
 
@@ -306,8 +296,9 @@ def _inspect_contents(
     # An answer not ending like a sentence, with enough separators to be free text, may be cut off.
     open_ended = answer & nonempty & ~_SENTENCE_END_BYTES[last]
     if open_ended.any():
-        separators = np.flatnonzero((data == ord(" ")) | (data == ord("\t")) | (data == ord("\n")))
-        count = np.bincount(np.searchsorted(ends, separators, side="right"), minlength=len(flagged))
+        separator = (data == ord(" ")) | (data == ord("\t")) | (data == ord("\n"))
+        running = np.concatenate([[0], np.cumsum(separator, dtype=np.int32)])
+        count = running[ends] - running[starts]
         flagged |= open_ended & (count >= FREE_TEXT_MIN_WORDS - 1)
     if markdown is not None:
         marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))

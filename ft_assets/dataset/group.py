@@ -11,7 +11,7 @@ grouped under ``group_by_answer: auto``: an answer counts as free text when it h
 lines. ``always`` groups every repeated answer, ``never`` none.
 
 Near-duplicate prompts are found with MinHash over the set of lower-cased words of the user
-turns (32 hash functions, 8 bits each), banded for locality-sensitive hashing (8 bands of 4
+turns (32 hash functions, 8 bits of each), banded for locality-sensitive hashing (8 bands of 4
 bins) and confirmed when the estimated Jaccard similarity reaches the threshold. The
 per-row features are computed in the scan workers; ``form_groups`` sees only fixed-size numbers.
 """
@@ -98,18 +98,25 @@ def free_text_answers(answers: pa.Array, words: np.ndarray) -> np.ndarray:
 
 
 def prompt_signatures(prompts: pa.Array) -> np.ndarray:
-    """Return the MinHash signature (``SIGNATURE_BINS`` bytes, one hash function each) of each prompt's word set."""
+    """Return the MinHash signature (``SIGNATURE_BINS`` bytes) of each prompt's set of words.
+
+    Bin ``k`` holds the smallest value of the ``k``-th hash function over the words (8 bits of
+    it), so the share of equal bins between two rows estimates the Jaccard similarity of their
+    word sets; a row without words is ``EMPTY_BIN`` throughout. Each distinct word of the chunk
+    is hashed once; rows gather their words' values.
+    """
     n = len(prompts)
     signature = np.full((n, SIGNATURE_BINS), EMPTY_BIN, dtype=np.uint8)
     if not n:
         return signature
     data, _ = string_buffers(prompts)
-    lowered = pc.utf8_lower(prompts) if len(data) and data.max() >= 0x80 else prompts
+    ascii_only = not len(data) or data.max() < 0x80
+    lowered = prompts if ascii_only else pc.utf8_lower(prompts)
     low_data, offsets = string_buffers(lowered)
     text = low_data.tobytes().translate(_TO_SPACE)
     text = text.translate(bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz"))
     spaced = pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(text))
-    words = pc.utf8_split_whitespace(spaced)
+    words = pc.ascii_split_whitespace(spaced) if ascii_only else pc.utf8_split_whitespace(spaced)
     counts = pc.list_value_length(words).fill_null(0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(words)
     if not len(flat):
@@ -125,16 +132,36 @@ def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     return signature
 
 
-def similar(signature: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
-    """Return, for each pair of rows, whether their estimated Jaccard similarity reaches ``threshold``."""
-    same = (signature[first] == signature[second]).mean(axis=1)
-    return same >= threshold
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+
+
+def signature_columns(signature: np.ndarray) -> list[np.ndarray]:
+    """Return the signatures as contiguous columns of 8 bytes each (what ``similar`` reads)."""
+    words = np.ascontiguousarray(signature).view(np.uint64)
+    return [np.ascontiguousarray(words[:, column]) for column in range(words.shape[1])]
+
+
+def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
+    """Return, for each pair of rows, whether their estimated Jaccard similarity reaches ``threshold``.
+
+    The estimate is the share of equal bins; bytes are compared eight at a time (``_zero_bytes``
+    of ``a ^ b``).
+    """
+    same = np.zeros(len(first), dtype=np.int64)
+    for values in columns:  # one contiguous column at a time: cheap gathers
+        same += _zero_bytes(values[first] ^ values[second])
+    return same >= threshold * SIGNATURE_BINS - 1e-9
+
+
+def _zero_bytes(words: np.ndarray) -> np.ndarray:
+    """Return how many of the 8 bytes of each 64-bit word are zero."""
+    return np.bitwise_count(~(((words & _LOW7) + _LOW7) | words | _LOW7)).astype(np.int64)
 
 
 def band_keys(signature: np.ndarray) -> np.ndarray:
-    """Return the ``BANDS`` 32-bit band keys of each signature; rows without words get no band (all 0)."""
+    """Return the ``BANDS`` 32-bit band keys of each signature; a row without words gets none (0)."""
     keys = np.ascontiguousarray(signature).view(np.uint32).reshape(len(signature), BANDS).copy()
-    keys[(signature == EMPTY_BIN).all(axis=1)] = 0
+    keys[keys == np.uint32(0xFFFFFFFF)] = 0
     return keys
 
 
@@ -153,11 +180,12 @@ def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.nd
     if threshold <= 0 or not len(signature):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     keys = band_keys(signature)
+    columns = signature_columns(signature)
     nodes = np.arange(len(signature))
     firsts, seconds = [], []
     for band in range(BANDS):
-        first, second = _pairs(keys[:, band], nodes)
-        confirmed = similar(signature, first, second, threshold)
+        first, second = _pairs(np.ascontiguousarray(keys[:, band]), nodes)
+        confirmed = similar(columns, first, second, threshold)
         firsts.append(first[confirmed])
         seconds.append(second[confirmed])
     return np.concatenate(firsts), np.concatenate(seconds)
@@ -166,7 +194,8 @@ def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.nd
 def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Return each row's group number (0..groups-1) and what joined them.
 
-    ``columns``: ``group_hash`` (label or own key), ``id_hash``, ``source_hash`` (0: none),
+    ``columns``: ``norm_hash`` (content key), ``group_hash`` and ``id_hash`` (the key of the row's
+    group and id labels; the content key where it has none), ``source_hash`` (0: none),
     ``answer_hash`` (0: none), ``free_text`` (bool) and ``signature`` (rows x ``SIGNATURE_BINS`` uint8).
     """
     from scipy.sparse import coo_matrix
@@ -174,7 +203,13 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
 
     n = len(columns["group_hash"])
     nodes = np.arange(n)
-    edges: dict[str, tuple[np.ndarray, np.ndarray]] = {"label": _pairs(columns["group_hash"], nodes)}
+    labels_given = np.flatnonzero(columns["group_hash"] != columns["norm_hash"])  # only these can share a label
+    ids_given = np.flatnonzero(columns["id_hash"] != columns["norm_hash"])
+    group_pairs = _pairs(columns["group_hash"][labels_given], labels_given)
+    id_pairs = _pairs(columns["id_hash"][ids_given], ids_given)
+    edges: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "label": (np.concatenate([group_pairs[0], id_pairs[0]]), np.concatenate([group_pairs[1], id_pairs[1]]))
+    }
     has_source = np.flatnonzero(columns["source_hash"] != 0)
     if len(has_source):
         keys = np.concatenate([columns["id_hash"], columns["source_hash"][has_source]])

@@ -55,7 +55,16 @@ CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
-GROUP_COLUMNS = ["group_hash", "id_hash", "source_hash", "answer_hash", "free_text", "signature", "user_split"]
+GROUP_COLUMNS = [
+    "norm_hash",
+    "group_hash",
+    "id_hash",
+    "source_hash",
+    "answer_hash",
+    "free_text",
+    "signature",
+    "user_split",
+]
 # An answer longer than this many times the median answer (and than ``LONG_ANSWER_CHARS``) is flagged.
 LONG_ANSWER_FACTOR = 4
 LONG_ANSWER_CHARS = 200
