@@ -72,7 +72,7 @@ def prep(
     """Clean, deduplicate, group and split INPUTS (JSONL files, JSON arrays or folders) into --out."""
     from ft_assets.dataset.prep import GroupConfig, PrepError, SplitConfig, SplitError
     from ft_assets.dataset.prep import prep as run_prep
-    from ft_assets.dataset.scan import CleanConfig
+    from ft_assets.dataset.validate import CleanConfig
 
     config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown, suspicious=suspicious)
     split_config = SplitConfig(seed=seed, ratios=ratios, min_examples=min_examples)

@@ -6,7 +6,7 @@ from collections import Counter
 
 from ft_assets.dataset.columnar import ChunkLines, candidate_lines, fast_rows
 from ft_assets.dataset.read import NO_SPLIT
-from ft_assets.dataset.scan import CleanConfig, scan_chunk_lines
+from ft_assets.dataset.validate import CleanConfig, scan_chunk_lines
 
 PIECES = [
     "plain text",
@@ -107,3 +107,28 @@ def test_fast_path_payload_is_what_orjson_writes():
 def test_candidate_lines_only_takes_one_object_per_line():
     lines = [b'{"a": 1}', b"", b'  {"a": 1}', b'{"a": 1}\r', b'{"a":', b"1}", b"\r", b"}", b"{"]
     assert candidate_lines(ChunkLines.of(b"\n".join(lines))).tolist() == [0, 3]
+
+
+def test_fast_path_defers_what_it_cannot_tell():
+    """Null-valued unknown keys, blank labels, odd rules: the fast path must decide as the reference does."""
+    rows = [
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"input":null}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b","foo":null}]}',
+        '{"messages":[{"role":"user","content":"a","name":null},{"role":"assistant","content":"b"}]}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"tools":null}',
+        '{"messages":[{"role":"user","content":"a\\n_ _ _\\nc"},{"role":"assistant","content":"b"}]}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"source_id":" "}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"extra":null}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"---"}]}',
+        '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"split":["train"]}',
+    ]
+    fast, reference = _scan_both([r.encode() for r in rows], CleanConfig())
+    assert fast == reference
+    assert reference[2] == {
+        "empty_content": 1,
+        "invalid_split": 1,
+        "message_unrecognized_key": 1,
+        "missing_input_messages": 1,
+        "missing_non_preferred_output": 1,
+        "missing_preferred_output": 1,
+    }

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ft_assets.dataset.columnar import ChunkLines
 from ft_assets.dataset.prep import CLEANED, REJECTED, clean, revalidate
 from ft_assets.dataset.read import NO_SPLIT
-from ft_assets.dataset.scan import CleanConfig, scan_chunk_lines
+from ft_assets.dataset.validate import CleanConfig, scan_chunk_lines
 from ft_assets_tests.conftest import read_jsonl
 
 SEED_ROWS = [

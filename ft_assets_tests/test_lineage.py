@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from ft_assets.cli import main
 from ft_assets.dataset.prep import SplitConfig, clean, split
-from ft_assets.dataset.scan import CleanConfig
+from ft_assets.dataset.validate import CleanConfig
 from ft_assets.lineage import queries
 from ft_assets.lineage.store import Materialization, connect, record
 from ft_assets_tests.conftest import chat, write_jsonl

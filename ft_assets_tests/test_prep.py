@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from ft_assets.cli import main
 from ft_assets.dataset.prep import CLEANED, CLEANED_INDEX, REJECTED, SplitConfig, clean, prep, split
-from ft_assets.dataset.scan import CleanConfig
+from ft_assets.dataset.validate import CleanConfig
 from ft_assets_tests.conftest import ROOT, chat, read_jsonl, write_jsonl
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ft_assets.dataset.scan import identify
+from ft_assets.dataset.validate import identify
 from ft_assets.definitions import defs
 from ft_assets.llm.calls import Budget, ChatRequest, Prices, ResponseCache, run_requests
 from ft_assets.llm.client import ClientSettings, NotConfigured, async_client

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ft_assets.cli import main
 from ft_assets.dataset.prep import REJECTED, GroupConfig, SplitConfig, SplitError, clean, overlaps, prep, split
-from ft_assets.dataset.scan import CleanConfig
+from ft_assets.dataset.validate import CleanConfig
 from ft_assets_tests.conftest import chat, read_jsonl, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -155,7 +155,7 @@ def test_json_arrays_are_read_with_element_positions(tmp_path):
 def test_other_files_are_refused_with_one_line_that_says_what_they_are(tmp_path):
     for name, text, what in [
         ("terms.csv", "term,definition\nA,b\n", "a CSV file"),
-        ("object.json", '{"messages": []}', "a JSON object, not an array"),
+        ("number.json", "42", "a JSON int, not an array"),
         ("broken.json", "[{", "not valid JSON"),
     ]:
         (tmp_path / name).write_text(text)
@@ -196,7 +196,7 @@ def test_split_rows_carry_their_example_id_and_dropped_keys_are_fixes(tmp_path):
 
 
 def test_unlabelled_sources_and_their_synthetic_variants_share_a_split(tmp_path):
-    from ft_assets.dataset.scan import identify
+    from ft_assets.dataset.validate import identify
 
     sources = [chat(f"Invoice {i} from vendor {i}", f"Category: C{i % 3}") for i in range(60)]
     variants = [
@@ -216,3 +216,41 @@ def test_report_counts_every_line(tmp_path):
     report = prep([FIXTURES / "glossary_qa.jsonl", FIXTURES / "not_utf8.jsonl"], tmp_path, workers=1)
     assert report["read"] == 140 == report["kept"] + report["rejected"]
     assert Counter(len(json.loads(line)["reasons"]) for line in (tmp_path / REJECTED).open()) == {1: 3}
+
+
+def test_json_files_that_are_not_arrays_are_read_as_rows(tmp_path):
+    one = chat("Only one row", "Its answer")
+    (tmp_path / "one.json").write_text(json.dumps(one, indent=2))
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(chat(f"Q{i}", f"A{i}")) for i in range(3)) + "\n")
+    report = clean([tmp_path / "one.json", tmp_path / "lines.json"], tmp_path / "out")
+    assert (report["read"], report["kept"]) == (4, 4)
+    assert [f["kind"] for f in report["files"]] == ["json_array", "jsonl"]
+
+
+def test_a_trailing_file_with_nothing_kept_and_odd_labels_do_not_crash(tmp_path):
+    good = write_jsonl(tmp_path / "a.jsonl", [chat(f"Q{i}", f"A{i}") for i in range(12)])
+    bad = write_jsonl(tmp_path / "b.jsonl", ["not json", {"messages": [], "split": ["train"]}])
+    report = prep([good, bad], tmp_path / "out", workers=1)
+    assert (report["kept"], report["rejected"]) == (12, 2)
+
+
+def test_a_turn_of_debris_only_is_rejected_not_left_empty(tmp_path):
+    rows = [chat("Q", "---"), chat("**Q2**", "```\n```"), chat("Q3", "A real answer.")]
+    report = clean([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out")
+    assert report["kept"] == 1 and report["by_reason"] == {"empty_content": 2}
+
+
+def test_pinned_rows_leave_the_rest_in_proportion(tmp_path):
+    rows = [chat(f"Item {i}", f"Answer {i}", **({"split": "validation"} if i < 30 else {})) for i in range(100)]
+    report = prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=1)
+    sizes = [report["splits"][name]["rows"] for name in SPLITS]
+    assert sizes[1] == 30 and sizes[2] >= 7 and sum(sizes) == 100
+
+
+def test_code_keeps_its_characters_while_its_fences_go(tmp_path):
+    code = "```python\n# add one\ndef __init__(self):\n    return 2**3\n```"
+    rows = [chat("Show `__init__` in **Python**", code), *[chat(f"Q{i}", f"A{i}") for i in range(3)]]
+    clean([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out")
+    first = read_jsonl(tmp_path / "out" / "cleaned.jsonl")[0]["messages"]
+    assert first[1]["content"] == "Show __init__ in Python"
+    assert first[2]["content"] == "# add one\ndef __init__(self):\n    return 2**3"

@@ -23,7 +23,7 @@ CLEANING_CODE = source_version(
     "ft_assets.dataset.formats",
     "ft_assets.dataset.text",
     "ft_assets.dataset.columnar",
-    "ft_assets.dataset.scan",
+    "ft_assets.dataset.validate",
     "ft_assets.dataset.deduplicate",
     "ft_assets.dataset.group",
     "ft_assets.dataset.write",
@@ -170,8 +170,8 @@ def cleaned_examples(
     import json
 
     from ft_assets.dataset.prep import REJECTED, PrepError, clean
-    from ft_assets.dataset.scan import CleanConfig
     from ft_assets.dataset.snapshot import MANIFEST, snapshot_files
+    from ft_assets.dataset.validate import CleanConfig
 
     manifest = json.loads(Path(raw_examples.path, MANIFEST).read_text())
     files = [*snapshot_files(Path(raw_examples.path)), synthetic_examples.file("examples.jsonl")]

@@ -5,13 +5,15 @@ messages hold exactly ``role`` and ``content`` (system, user or assistant; non-e
 with nothing to trim, no CR, no control character but tab and newline, no markdown in answers
 when markdown is stripped), the order rules hold, it is under the token limit, and its
 ``id``/``group``/``source_id`` are non-empty strings or absent. Every other line goes to the
-per-line Python path in ``scan``, which is the reference for every rule: this module only
+per-line Python path in ``validate``, which is the reference for every rule: this module only
 decides which rows need no further thought, and serializes them exactly as orjson would.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,7 @@ import pyarrow.json as pj
 from ft_assets.dataset.read import SPLIT_NAMES
 from ft_assets.dataset.text import (
     CHARS_PER_TOKEN,
-    FREE_TEXT_MIN_WORDS,
+    CUT_OFF_MIN_WORDS,
     SENTENCE_ENDS,
     TOKENS_PER_MESSAGE,
     TOKENS_PER_REPLY,
@@ -249,7 +251,7 @@ _SENTENCE_END_BYTES[[ord(c) for c in SENTENCE_ENDS if ord(c) < 0x80]] = True
 def _line_starts_flagged(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, markdown: np.ndarray, answer: np.ndarray
 ) -> np.ndarray:
-    """Flag contents with a line that may open a rule (``-``) or a follow-up question (``Q``).
+    """Flag contents with a line that may open a rule (``-``, ``_``, ``*``) or a follow-up question (``Q``).
 
     Rules are looked for in ``markdown`` contents, follow-up questions in ``answer`` contents; a
     line starting with a blank is flagged too (the per-line path looks past it).
@@ -260,7 +262,8 @@ def _line_starts_flagged(
     inside = line_starts < ends[owners]
     owners, line_starts = owners[inside], line_starts[inside]
     byte = data[line_starts]
-    hit = (markdown[owners] & (byte == ord("-"))) | (answer[owners] & ((byte | 0x20) == ord("q")))
+    rule = (byte == ord("-")) | (byte == ord("_")) | (byte == ord("*"))
+    hit = (markdown[owners] & rule) | (answer[owners] & ((byte | 0x20) == ord("q")))
     hit |= (markdown[owners] | answer[owners]) & ((byte == ord(" ")) | (byte == ord("\t")))
     flagged = np.zeros(len(starts), dtype=bool)
     flagged[owners[hit]] = True
@@ -299,7 +302,7 @@ def _inspect_contents(
         separator = (data == ord(" ")) | (data == ord("\t")) | (data == ord("\n"))
         running = np.concatenate([[0], np.cumsum(separator, dtype=np.int32)])
         count = running[ends] - running[starts]
-        flagged |= open_ended & (count >= FREE_TEXT_MIN_WORDS - 1)
+        flagged |= open_ended & (count >= CUT_OFF_MIN_WORDS - 1)
     if markdown is not None:
         marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))
         marks = np.concatenate([marks, np.flatnonzero(data == ord("~"))])
@@ -320,18 +323,38 @@ def _per_row_text(content: pa.Array, selected: np.ndarray, row_of: np.ndarray, n
     return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), content.filter(pa.array(selected))), "\n")
 
 
+def _trimmable(strings: pa.Array) -> np.ndarray:
+    """Flag strings that are empty or start or end with a byte that may be whitespace (nulls are not flagged)."""
+    data, offsets = string_buffers(strings)
+    starts, ends = offsets[:-1], offsets[1:]
+    flagged = (ends <= starts) & strings.is_valid().to_numpy(zero_copy_only=False)
+    nonempty = ends > starts
+    if len(data):
+        flagged |= nonempty & (_FLAGS[data[np.where(nonempty, starts, 0)]] & _SPACE_FIRST > 0)
+        flagged |= nonempty & (_FLAGS[data[np.where(nonempty, ends - 1, 0)]] & _SPACE_LAST > 0)
+    return flagged
+
+
 def accept(
-    table: pa.Table, max_tokens: int, strip_markdown: bool
+    table: pa.Table, max_tokens: int, strip_markdown: bool, mentioning: Callable[[list[str]], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array, pa.Array]:
-    """Return (accepted row mask, tokens, canonical payload, prompt, answer of accepted rows) for one table."""
+    """Return (accepted row mask, tokens, canonical payload, prompt, answer of accepted rows) for one table.
+
+    ``mentioning(keys)`` flags the rows whose line holds one of ``keys`` as a JSON key: a key
+    outside the fast path's schema sends its rows to the per-line path even when its value is
+    null (Arrow cannot tell a null from a missing key).
+    """
     n_rows = table.num_rows
     columns = {name: table[name].combine_chunks() for name in table.column_names}
     ok = np.ones(n_rows, dtype=bool)
-    for name, values in columns.items():
-        if name not in SCHEMA.names:
-            ok &= values.is_null().to_numpy(zero_copy_only=False)
+    extra = [name for name in columns if name not in SCHEMA.names]
+    message_type = columns["messages"].type.value_type
+    extra += [message_type.field(i).name for i in range(message_type.num_fields)]
+    extra = [name for name in extra if name not in ("role", "content")]
+    if extra:
+        ok &= ~mentioning(extra)
     for name in LABELS:
-        ok &= pc.greater(pc.utf8_length(columns[name]), 0).fill_null(True).to_numpy(zero_copy_only=False)
+        ok &= ~_trimmable(columns[name])
     ok &= pc.is_in(columns["split"], pa.array(list(SPLIT_NAMES))).to_numpy(zero_copy_only=False) | columns[
         "split"
     ].is_null().to_numpy(zero_copy_only=False)
@@ -413,7 +436,12 @@ def fast_rows(lines: ChunkLines, max_tokens: int, strip_markdown: bool) -> FastR
     columns: dict[str, list[pa.Array]] = {name: [] for name in ("payload", "prompt", "answer", *LABELS)}
     taken, tokens = [], []
     for positions, table in parts:
-        ok, row_tokens, payload, prompt, answer = accept(table, max_tokens, strip_markdown)
+
+        def mentioning(keys: list[str], positions: np.ndarray = positions) -> np.ndarray:
+            pattern = re.compile(b"|".join(re.escape(json.dumps(key).encode()) for key in keys) + rb"\s*:")
+            return np.array([pattern.search(lines[i]) is not None for i in positions.tolist()], dtype=bool)
+
+        ok, row_tokens, payload, prompt, answer = accept(table, max_tokens, strip_markdown, mentioning)
         taken.append(positions[ok])
         tokens.append(row_tokens[ok])
         columns["payload"].append(payload)

@@ -58,11 +58,6 @@ def line_hashes(lines: pa.Array) -> np.ndarray:
     return hashes
 
 
-def normalized_hashes(payload: pa.Array) -> np.ndarray:
-    """Return the 64-bit duplicate key of each canonical JSON payload (see ``line_hashes``)."""
-    return line_hashes(pc.binary_join_element_wise(payload, "\n", ""))
-
-
 def hex_ids(values: np.ndarray) -> pa.Array:
     """Return each 64-bit value as 16 lower-case hex digits (the id of a row without one)."""
     octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)

@@ -169,10 +169,3 @@ def label_of(value: Any) -> str | None:
     if type(value) is int:
         return str(value)
     return None
-
-
-def example_messages(row: dict[str, Any], fmt: Format) -> list[dict[str, Any]]:
-    """Return every message of a valid row, outputs of a preference row included."""
-    if fmt == "chat":
-        return row["messages"]
-    return row["input"]["messages"] + row["preferred_output"] + row["non_preferred_output"]

@@ -31,8 +31,9 @@ from ft_assets.dataset.deduplicate import line_hashes
 from ft_assets.dataset.splitting import mix64
 
 SIGNATURE_BINS = 32
-SIGNATURE_BYTES = SIGNATURE_BINS
 BANDS = 8
+# Rows sharing a band are compared with the next few in band order, not only the next one.
+NEAR_DUPLICATE_REACH = 4
 EMPTY_BIN = np.uint8(0xFF)
 _HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 FREE_TEXT_ANSWER_WORDS = 4
@@ -100,10 +101,11 @@ def free_text_answers(answers: pa.Array, words: np.ndarray) -> np.ndarray:
 def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     """Return the MinHash signature (``SIGNATURE_BINS`` bytes) of each prompt's set of words.
 
-    Bin ``k`` holds the smallest value of the ``k``-th hash function over the words (8 bits of
-    it), so the share of equal bins between two rows estimates the Jaccard similarity of their
-    word sets; a row without words is ``EMPTY_BIN`` throughout. Each distinct word of the chunk
-    is hashed once; rows gather their words' values.
+    Bin ``k`` holds the low 8 bits of the smallest (16-bit) value of the ``k``-th hash function
+    over the words (b-bit minwise hashing: the minimum is taken before the bits are cut, so long
+    prompts do not all collapse to 0), and the share of equal bins between two rows estimates the
+    Jaccard similarity of their word sets; a row without words is ``EMPTY_BIN`` throughout.
+    Each distinct word of the chunk is hashed once; rows gather their words' values.
     """
     n = len(prompts)
     signature = np.full((n, SIGNATURE_BINS), EMPTY_BIN, dtype=np.uint8)
@@ -124,11 +126,11 @@ def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     encoded = pc.dictionary_encode(flat)
     vocabulary = encoded.dictionary.cast(pa.binary()).to_pylist()
     word_hash = np.fromiter(map(xxhash.xxh3_64_intdigest, vocabulary), np.uint64, len(vocabulary))
-    per_function = (mix64(word_hash[:, None] ^ _HASH_SEEDS[None, :]) >> np.uint64(56)).astype(np.uint8)
+    per_function = (mix64(word_hash[:, None] ^ _HASH_SEEDS[None, :]) >> np.uint64(48)).astype(np.uint16)
     values = per_function[encoded.indices.to_numpy()]
     has_words = counts > 0
     starts = (np.cumsum(counts) - counts)[has_words]
-    signature[has_words] = np.minimum.reduceat(values, starts, axis=0)
+    signature[has_words] = (np.minimum.reduceat(values, starts, axis=0) & 0xFF).astype(np.uint8)
     return signature
 
 
@@ -136,9 +138,9 @@ _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
 def signature_columns(signature: np.ndarray) -> list[np.ndarray]:
-    """Return the signatures as contiguous columns of 8 bytes each (what ``similar`` reads)."""
+    """Return the signatures as columns of 8 bytes each (views, no copy: what ``similar`` reads)."""
     words = np.ascontiguousarray(signature).view(np.uint64)
-    return [np.ascontiguousarray(words[:, column]) for column in range(words.shape[1])]
+    return [words[:, column] for column in range(words.shape[1])]
 
 
 def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
@@ -148,7 +150,7 @@ def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, th
     of ``a ^ b``).
     """
     same = np.zeros(len(first), dtype=np.int64)
-    for values in columns:  # one contiguous column at a time: cheap gathers
+    for values in columns:  # one column at a time: small temporaries
         same += _zero_bytes(values[first] ^ values[second])
     return same >= threshold * SIGNATURE_BINS - 1e-9
 
@@ -158,33 +160,40 @@ def _zero_bytes(words: np.ndarray) -> np.ndarray:
     return np.bitwise_count(~(((words & _LOW7) + _LOW7) | words | _LOW7)).astype(np.int64)
 
 
-def band_keys(signature: np.ndarray) -> np.ndarray:
-    """Return the ``BANDS`` 32-bit band keys of each signature; a row without words gets none (0)."""
-    keys = np.ascontiguousarray(signature).view(np.uint32).reshape(len(signature), BANDS).copy()
+def band_key(signature: np.ndarray, band: int) -> np.ndarray:
+    """Return the 32-bit key of one band of each signature; a row without words gets none (0)."""
+    keys = np.ascontiguousarray(np.ascontiguousarray(signature).view(np.uint32)[:, band])
     keys[keys == np.uint32(0xFFFFFFFF)] = 0
     return keys
 
 
-def _pairs(keys: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return neighbouring (node, node) pairs that share a non-zero key."""
+def _pairs(keys: np.ndarray, nodes: np.ndarray, reach: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Return pairs of nodes that share a non-zero key and lie at most ``reach`` apart in key order.
+
+    With ``reach`` 1 the pairs chain every node of a key together (enough for exact keys); more
+    reach lets a near-duplicate check see past dissimilar rows that share a band.
+    """
     keep = keys != 0
     keys, nodes = keys[keep], nodes[keep]
     order = np.argsort(keys, kind="stable")
     keys, nodes = keys[order], nodes[order]
-    same = keys[1:] == keys[:-1]
-    return nodes[:-1][same], nodes[1:][same]
+    firsts, seconds = [], []
+    for step in range(1, reach + 1):
+        same = keys[step:] == keys[:-step]
+        firsts.append(nodes[:-step][same])
+        seconds.append(nodes[step:][same])
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Return pairs of rows whose prompts are near duplicates (sharing a band, then confirmed)."""
     if threshold <= 0 or not len(signature):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    keys = band_keys(signature)
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
     columns = signature_columns(signature)
-    nodes = np.arange(len(signature))
+    nodes = np.arange(len(signature), dtype=np.int32)
     firsts, seconds = [], []
     for band in range(BANDS):
-        first, second = _pairs(np.ascontiguousarray(keys[:, band]), nodes)
+        first, second = _pairs(band_key(signature, band), nodes, NEAR_DUPLICATE_REACH)
         confirmed = similar(columns, first, second, threshold)
         firsts.append(first[confirmed])
         seconds.append(second[confirmed])
@@ -202,15 +211,15 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
     from scipy.sparse.csgraph import connected_components
 
     n = len(columns["group_hash"])
-    nodes = np.arange(n)
-    labels_given = np.flatnonzero(columns["group_hash"] != columns["norm_hash"])  # only these can share a label
-    ids_given = np.flatnonzero(columns["id_hash"] != columns["norm_hash"])
+    nodes = np.arange(n, dtype=np.int32)
+    labels_given = np.flatnonzero(columns["group_hash"] != columns["norm_hash"]).astype(np.int32)
+    ids_given = np.flatnonzero(columns["id_hash"] != columns["norm_hash"]).astype(np.int32)
     group_pairs = _pairs(columns["group_hash"][labels_given], labels_given)
     id_pairs = _pairs(columns["id_hash"][ids_given], ids_given)
     edges: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "label": (np.concatenate([group_pairs[0], id_pairs[0]]), np.concatenate([group_pairs[1], id_pairs[1]]))
     }
-    has_source = np.flatnonzero(columns["source_hash"] != 0)
+    has_source = np.flatnonzero(columns["source_hash"] != 0).astype(np.int32)
     if len(has_source):
         keys = np.concatenate([columns["id_hash"], columns["source_hash"][has_source]])
         first, second = _pairs(keys, np.concatenate([nodes, has_source]))

@@ -1,7 +1,7 @@
 """Clean, deduplicate, group and split JSONL examples: streaming, in parallel, every row accounted for.
 
 The stages, each in its own module: read (``read``: files, JSON arrays, byte ranges), validate
-and clean (``scan``, per chunk on worker processes), deduplicate (``deduplicate``, on 64-bit
+and clean (``validate``, per chunk on worker processes), deduplicate (``deduplicate``, on 64-bit
 keys), group and split (``group``, ``splitting``, on fixed-size numbers per row) and write
 (``write``: every chunk's surviving rows copied to their offset in the outputs, on the workers,
 while this process writes the rejected rows and the index). Memory grows by about a hundred
@@ -30,8 +30,9 @@ import pyarrow.compute as pc
 from ft_assets.dataset.deduplicate import exact_duplicates, find_duplicates
 from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
-from ft_assets.dataset.read import InputFile, PrepError, open_inputs, plan_chunks
-from ft_assets.dataset.scan import (
+from ft_assets.dataset.read import NO_SPLIT, InputFile, PrepError, open_inputs, plan_chunks
+from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits
+from ft_assets.dataset.validate import (
     FIX_NAMES,
     FORMAT_CODES,
     QUALITY_NAMES,
@@ -42,7 +43,6 @@ from ft_assets.dataset.scan import (
     scan_chunk,
     warm_up,
 )
-from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits
 from ft_assets.dataset.write import plan_writes, read_at, write_chunk
 
 __all__ = ["GroupConfig", "PrepError", "SplitConfig", "SplitError", "clean", "prep", "split"]
@@ -111,9 +111,21 @@ def _workers(count: int, tasks: int, method: str) -> Iterator[Runner]:
         yield lambda function, items: pool.map_async(function, items, chunksize=1).get
 
 
-def _column(results: list[ChunkResult], name: str) -> np.ndarray:
-    parts = [r.index()[name].to_numpy() for r in results]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+def _column(results: list[ChunkResult], name: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """Return an index column over every chunk (only the rows where ``keep``), filled in place chunk by chunk."""
+    out: np.ndarray | None = None
+    row = written = 0
+    for result in results:
+        values = result.column(name)
+        if keep is not None:
+            values = values[keep[row : row + result.kept]]
+        row += result.kept
+        if out is None:
+            total = int(np.count_nonzero(keep)) if keep is not None else sum(r.kept for r in results)
+            out = np.empty((total, *values.shape[1:]), dtype=values.dtype)
+        out[written : written + len(values)] = values
+        written += len(values)
+    return out if out is not None else np.zeros(0, dtype=np.uint64)
 
 
 def _signatures(arrays: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
@@ -143,12 +155,13 @@ def plan_splits(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Return each kept row's split (0/1/2) and the grouping report."""
     group_of_row, report = form_groups(columns, group_config)
+    columns.pop("signature")
     group_key = np.full(report["groups"], np.iinfo(np.uint64).max, dtype=np.uint64)
     np.minimum.at(group_key, group_of_row, columns["group_hash"])
-    target = assign_splits(group_of_row, group_key, columns["user_split"], split_config)
+    target, report["user_split_conflicts"] = assign_splits(group_of_row, group_key, columns["user_split"], split_config)
     sizes = np.bincount(group_of_row, minlength=report["groups"])
     report["largest_groups"] = [int(s) for s in np.sort(sizes)[::-1][:10]]
-    report["user_assigned_rows"] = int(np.count_nonzero(columns["user_split"] != 255))
+    report["user_assigned_rows"] = int(np.count_nonzero(columns["user_split"] != NO_SPLIT))
     return target, report
 
 
@@ -164,9 +177,7 @@ class _Scanned:
 
     def kept_column(self, name: str) -> np.ndarray:
         """Return an index column for the rows that survive de-duplication, in input order."""
-        if name == "signature":
-            return _signatures([r.index()["signature"] for r in self.results])[~self.duplicate]
-        return _column(self.results, name)[~self.duplicate]
+        return _column(self.results, name, ~self.duplicate)
 
     def long_answer_limit(self) -> float:
         """Return the answer length (characters) above which a kept answer is far longer than its peers."""
@@ -194,11 +205,7 @@ class _Scanned:
         return run(write_chunk, tasks)
 
 
-def _scan(files: list[InputFile], scratch: Path, config: CleanConfig, run: Runner, chunk_bytes: int) -> _Scanned:
-    tasks = [
-        ChunkTask(n, index, str(path), start, end, str(scratch), config, files[index].split)
-        for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
-    ]
+def _scan(files: list[InputFile], tasks: list[ChunkTask], run: Runner, config: CleanConfig) -> _Scanned:
     results = run(scan_chunk, tasks)()
     duplicate, first_of = find_duplicates(_column(results, "norm_hash"))
     return _Scanned(files, config, results, duplicate, first_of)
@@ -264,9 +271,12 @@ def _run_phases(
     config = config or CleanConfig()
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
         files = open_inputs(inputs, Path(scratch), labels)
-        chunks = len(plan_chunks(files, chunk_bytes))
-        with _workers(workers or os.cpu_count() or 1, chunks, method) as run:
-            scanned = _scan(files, Path(scratch), config, run, chunk_bytes)
+        tasks = [
+            ChunkTask(n, index, str(path), start, end, scratch, config, files[index].split)
+            for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
+        ]
+        with _workers(workers or os.cpu_count() or 1, len(tasks), method) as run:
+            scanned = _scan(files, tasks, run, config)
             paths, targets, sink = outputs(scanned)
             written = scanned.write(run, paths, targets)
             try:
@@ -367,8 +377,7 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
         [np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)]
     )
     row_line = np.concatenate(
-        [r.index()["line"].to_numpy() + base for r, base in zip(results, chunk_line_base, strict=True)]
-        or [np.zeros(0, np.int64)]
+        [r.column("line") + base for r, base in zip(results, chunk_line_base, strict=True)] or [np.zeros(0, np.int64)]
     )
     reasons: Counter[str] = Counter()
     fixes: Counter[str] = Counter()
@@ -380,10 +389,10 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
     long_answer = scanned.long_answer_limit()
     position = row = written_rejects = 0
     sizes = _column(results, "size")
-    chunk_of_row = np.repeat(np.arange(len(results)), [r.kept for r in results])
-    start_in_part = np.cumsum(sizes) - sizes
-    chunk_first = np.concatenate([[0], np.cumsum([r.kept for r in results])])[:-1].astype(np.int64)
-    start_in_part -= (np.cumsum(sizes) - sizes)[chunk_first][chunk_of_row] if len(sizes) else 0
+    kept_per_chunk = [r.kept for r in results]
+    chunk_of_row = np.repeat(np.arange(len(results)), kept_per_chunk)
+    chunk_bytes = np.bincount(chunk_of_row, weights=sizes, minlength=len(results)).astype(np.int64)
+    start_in_part = np.cumsum(sizes) - sizes - np.repeat(np.cumsum(chunk_bytes) - chunk_bytes, kept_per_chunk)
     with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as stack:
         sources = [stack.enter_context(open(f.path, "rb", buffering=0)) for f in files]
         parts: dict[int, Any] = {}
@@ -444,6 +453,7 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
             per_file[file_index]["rejected"] += result.lines - n_kept
             position += n_kept
             row += result.kept
+            result.release()
     read = sum(r.lines for r in results)
     if written_rejects != read - position:
         raise RuntimeError(f"row accounting broke: read {read}, kept {position}, rejected {written_rejects}")
@@ -472,7 +482,7 @@ def _count_bits(values: np.ndarray, names: dict[int, str], counter: Counter[str]
 
 
 def _cleaned_index_schema() -> pa.Schema:
-    from ft_assets.dataset.scan import INDEX_SCHEMA
+    from ft_assets.dataset.validate import INDEX_SCHEMA
 
     return INDEX_SCHEMA.append(pa.field("file", pa.string())).append(pa.field("position", pa.int64()))
 
@@ -561,8 +571,18 @@ def revalidate(path: Path) -> dict[str, Any]:
         return clean([path], Path(scratch), config)
 
 
+def _source_links(sources: pa.Table, variants: pa.Table) -> int:
+    """Count the rows of ``variants`` whose ``source_id`` is an example of ``sources``."""
+    ids = set(sources["example_id"].to_pylist())
+    return sum(1 for source in variants["source_id"].to_pylist() if source is not None and source in ids)
+
+
 def overlaps(split_folders: dict[str, str | Path], near_duplicate_threshold: float = 0.8) -> dict[tuple[str, str], int]:
-    """Return, per pair of splits, the ids, groups, contents, free-text answers and near-duplicate prompts shared."""
+    """Return, per pair of splits, what they share: ids, groups, contents, answers, sources, near-duplicate prompts.
+
+    Answers are the grouped free-text answers; a variant in one split whose source is in the
+    other counts as a shared source.
+    """
     import pyarrow.parquet as pq
 
     columns = ("example_id", "group_id", "norm_hash", "answer_key")
@@ -576,6 +596,9 @@ def overlaps(split_folders: dict[str, str | Path], near_duplicate_threshold: flo
                 values.discard(0)
                 if values:
                     found[(f"{first}/{second}", column)] = len(values)
+            linked = _source_links(tables[first], tables[second]) + _source_links(tables[second], tables[first])
+            if linked:
+                found[(f"{first}/{second}", "synthetic_source")] = linked
             signature = _signatures([tables[first]["signature"], tables[second]["signature"]])
             a, b = near_duplicate_pairs(signature, near_duplicate_threshold)
             boundary = tables[first].num_rows

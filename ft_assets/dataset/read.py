@@ -1,8 +1,9 @@
 """Read stage: which input files there are, what shape each is, and which byte ranges to scan.
 
 JSONL files are scanned where they lie. A ``.json`` file holding an array of rows is written
-out as JSONL (one element per line, so line N is element N-1) into a scratch folder first;
-any other file that is not JSONL is refused with one line that says what it is. A file may be
+out as JSONL (one element per line, so line N is element N-1) into a scratch folder first; one
+holding a single object is one row; one that is not one JSON value but starts like JSONL is
+read as JSONL. Any other file is refused with one line that says what it is. A file may be
 declared a split by its name or folder (``train``, ``validation``/``valid``/``val``/``dev``,
 ``test``): its rows keep that split unless a row says otherwise with its own ``split`` field.
 """
@@ -72,18 +73,23 @@ def find_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _array_to_jsonl(path: Path, out: Path) -> None:
-    """Write the elements of the JSON array in ``path`` to ``out``, one per line."""
+def _json_file(path: Path, out: Path, head: bytes) -> str:
+    """Write the rows of a ``.json`` file to ``out`` as JSONL; return its kind (``json_array`` or ``jsonl``)."""
     try:
         value = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
     except orjson.JSONDecodeError as error:
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":  # JSONL under a .json name: rows line by line
+            return "jsonl"
         raise PrepError(f"{path}: not valid JSON ({error}); write one JSON object per line (.jsonl)") from error
+    if isinstance(value, dict):
+        value = [value]
     if not isinstance(value, list):
-        kind = type(value).__name__.replace("dict", "object").replace("str", "string")
+        kind = type(value).__name__.replace("str", "string")
         raise PrepError(f"{path}: a JSON {kind}, not an array of rows; write one JSON object per line (.jsonl)")
     with open(out, "wb") as handle:
         for element in value:
             handle.write(orjson.dumps(element) + b"\n")
+    return "json_array"
 
 
 def open_inputs(inputs: Sequence[str | Path], scratch: Path, labels: Sequence[str] | None = None) -> list[InputFile]:
@@ -105,8 +111,8 @@ def open_inputs(inputs: Sequence[str | Path], scratch: Path, labels: Sequence[st
             suffix not in JSONL_SUFFIXES and head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
         ):
             converted = scratch / f"array-{number:04d}.jsonl"
-            _array_to_jsonl(file, converted)
-            opened.append(InputFile(converted, label, "json_array", split))
+            kind = _json_file(file, converted, head)
+            opened.append(InputFile(converted if kind == "json_array" else file, label, kind, split))
         elif suffix in JSONL_SUFFIXES or head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b""):
             opened.append(InputFile(file, label, "jsonl", split))
         else:

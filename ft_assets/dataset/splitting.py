@@ -61,11 +61,13 @@ def target_sizes(rows: int, ratios: tuple[float, float, float]) -> np.ndarray:
 
 def assign_splits(
     group_of_row: np.ndarray, group_key: np.ndarray, user_split: np.ndarray, config: SplitConfig
-) -> np.ndarray:
-    """Return 0/1/2 (train/validation/test) for each row.
+) -> tuple[np.ndarray, int]:
+    """Return 0/1/2 (train/validation/test) for each row, and how many groups had rows pinned to different splits.
 
     ``group_of_row`` numbers each row's group (0..groups-1), ``group_key`` is a stable 64-bit key
-    per group (orders groups for the seed), ``user_split`` a row's own split or ``NO_SPLIT``.
+    per group (orders groups for the seed), ``user_split`` a row's own split or ``NO_SPLIT``. A
+    group whose rows are pinned to different splits goes to the first of them (train before
+    validation before test), so it still never straddles two splits.
     """
     rows = len(group_of_row)
     if rows < config.min_examples:
@@ -78,23 +80,31 @@ def assign_splits(
     anchored = user_split != NO_SPLIT
     anchor = np.full(groups, NO_SPLIT, dtype=np.int64)
     np.minimum.at(anchor, group_of_row[anchored], user_split[anchored].astype(np.int64))
+    last_anchor = np.full(groups, -1, dtype=np.int64)
+    np.maximum.at(last_anchor, group_of_row[anchored], user_split[anchored].astype(np.int64))
     target = np.full(groups, -1, dtype=np.int64)
     fixed = anchor != NO_SPLIT
     target[fixed] = anchor[fixed]
+    conflicts = int(np.count_nonzero(fixed & (anchor != last_anchor)))
     taken = np.bincount(target[fixed], weights=sizes[fixed], minlength=3).astype(np.int64)
-    wanted = np.maximum(target_sizes(rows, config.ratios) - taken, 0)
     free = np.flatnonzero(~fixed)
+    # The free rows make up what the pinned ones leave of each split's share, in proportion.
+    deficit = np.maximum(target_sizes(rows, config.ratios) - taken, 0)
+    shares = tuple(deficit / deficit.sum()) if deficit.sum() else config.ratios
+    wanted = target_sizes(int(sizes[free].sum()), shares)  # type: ignore[arg-type]
     seed_key = np.uint64(xxhash.xxh3_64_intdigest(str(config.seed).encode()))
     free = free[np.argsort(mix64(group_key[free] ^ seed_key), kind="stable")]
     middle = np.cumsum(sizes[free]) - sizes[free] / 2
     target[free] = np.searchsorted(np.cumsum(wanted)[:2], middle, side="right")
     if groups >= 3:
-        _give_each_split_a_group(target, free, config.ratios)
-    return target[group_of_row].astype(np.uint8)
+        _give_each_split_a_group(target, free, sizes, config.ratios)
+    return target[group_of_row].astype(np.uint8), conflicts
 
 
-def _give_each_split_a_group(target: np.ndarray, free: np.ndarray, ratios: tuple[float, float, float]) -> None:
-    """Move the last free group(s) of the fullest split into an empty validation or test split."""
+def _give_each_split_a_group(
+    target: np.ndarray, free: np.ndarray, sizes: np.ndarray, ratios: tuple[float, float, float]
+) -> None:
+    """Move the smallest free group of the split with most groups into an empty validation or test split."""
     for split in (1, 2):
         if ratios[split] == 0 or (target == split).any():
             continue
@@ -103,4 +113,4 @@ def _give_each_split_a_group(target: np.ndarray, free: np.ndarray, ratios: tuple
         if counts[donor] < 2:
             continue
         candidates = free[target[free] == donor]
-        target[candidates[-1]] = split
+        target[candidates[np.argmin(sizes[candidates])]] = split

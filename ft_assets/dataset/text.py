@@ -20,12 +20,14 @@ CHARS_PER_TOKEN = 4
 # Bytes dropped from lower-cased canonical JSON to make the duplicate key (with the JSON escapes
 # of newline, tab and CR): whitespace is dropped, not collapsed, so "a b" and "ab" share a key.
 NORMALIZED_AWAY = b"*_`#>~ \t\n\r\x0b\x0c"
-# An answer of at least this many words is free text: it should end like a sentence.
-FREE_TEXT_MIN_WORDS = 8
+# An answer of at least this many words should end like a sentence (else it may be cut off).
+CUT_OFF_MIN_WORDS = 8
 # How a finished sentence (or a list, code or a quotation) may end.
 SENTENCE_ENDS = frozenset(".!?)]}\"'`:;>*|\u2026\u201d\u2019\u00bb\u3002\uff01\uff1f")
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)[^\n`]*$\n?", re.MULTILINE)
+_FENCED_BLOCK = re.compile(r"^[ \t]*(```|~~~)[^\n`]*\n(.*?\n?)^[ \t]*\1[ \t]*$\n?", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _RULE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$\n?", re.MULTILINE)
 _HEADING_LINE = re.compile(r"^[ \t]{0,3}#{1,6}(?:[ \t][^\n]*)?$\n?", re.MULTILINE)
 _HEADING = re.compile(r"^([ \t]{0,3})#{1,6}(?:[ \t]+|$)", re.MULTILINE)
@@ -49,23 +51,37 @@ def has_markdown(text: str) -> bool:
 
 
 def strip_markdown(text: str) -> str:
-    """Remove fences, horizontal rules, headings, bold/underline marks, code spans and *emphasis*.
+    """Remove fences, horizontal rules, headings, bold/underline marks, code-span marks and *emphasis*.
 
-    A heading line goes with its words when other text follows (a title the generator added),
-    else only its marks. Repeats until nothing is left to remove (a mark can reveal another).
+    Code is kept as written: a fenced block loses its fence lines only, a code span its
+    backticks only. A heading line goes with its words when other text follows (a title the
+    generator added), else only its marks. Prose is stripped until nothing is left to remove.
     """
-    for _ in range(8):
-        stripped = _FENCE.sub("", text)
-        stripped = _RULE.sub("", stripped)
-        without_headings = _HEADING_LINE.sub("", stripped)
-        stripped = without_headings if without_headings.strip() else _HEADING.sub(r"\1", stripped)
-        stripped = _STRONG.sub("", stripped)
-        stripped = _EMPHASIS.sub(r"\1", stripped)
-        stripped = _BLANK_RUNS.sub("\n\n", stripped)
-        if stripped == text:
-            break
-        text = stripped
-    return text.strip()
+    parts, position = [], 0
+    for block in _FENCED_BLOCK.finditer(text):
+        parts += [_strip_prose(text[position : block.start()]), block.group(2)]
+        position = block.end()
+    parts.append(_strip_prose(text[position:]))
+    return _BLANK_RUNS.sub("\n\n", "".join(parts)).strip()
+
+
+def _strip_prose(text: str) -> str:
+    """Strip markdown debris from text outside fenced blocks, keeping code spans' contents as written."""
+    pieces = _CODE_SPAN.split(text)  # prose, code, prose, code, ...
+    for index in range(0, len(pieces), 2):
+        piece = pieces[index]
+        for _ in range(8):
+            stripped = _FENCE.sub("", piece)
+            stripped = _RULE.sub("", stripped)
+            without_headings = _HEADING_LINE.sub("", stripped)
+            stripped = without_headings if without_headings.strip() else _HEADING.sub(r"\1", stripped)
+            stripped = _STRONG.sub("", stripped)
+            stripped = _EMPHASIS.sub(r"\1", stripped)
+            if stripped == piece:
+                break
+            piece = stripped
+        pieces[index] = piece
+    return "".join(pieces)
 
 
 def cut_followup(text: str) -> tuple[str, bool]:
@@ -88,5 +104,5 @@ def word_count(text: str) -> int:
 
 
 def looks_cut_off(answer: str) -> bool:
-    """Return whether a free-text answer (``FREE_TEXT_MIN_WORDS`` or more) stops mid-sentence."""
-    return bool(answer) and answer[-1] not in SENTENCE_ENDS and word_count(answer) >= FREE_TEXT_MIN_WORDS
+    """Return whether a free-text answer (``CUT_OFF_MIN_WORDS`` or more) stops mid-sentence."""
+    return bool(answer) and answer[-1] not in SENTENCE_ENDS and word_count(answer) >= CUT_OFF_MIN_WORDS

@@ -3,6 +3,6 @@
 Every worker is forked from that server, so none pays the first-call cost of the Arrow kernels.
 """
 
-from ft_assets.dataset.scan import warm_up
+from ft_assets.dataset.validate import warm_up
 
 warm_up()

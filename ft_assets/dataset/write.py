@@ -45,9 +45,13 @@ def _copy_range(source: BinaryIO, target: BinaryIO, count: int, source_offset: i
     kernel_copy = getattr(os, "copy_file_range", None)
     while copied < count:
         if kernel_copy is not None:
-            step = kernel_copy(
-                source.fileno(), target.fileno(), count - copied, source_offset + copied, target_offset + copied
-            )
+            try:
+                step = kernel_copy(
+                    source.fileno(), target.fileno(), count - copied, source_offset + copied, target_offset + copied
+                )
+            except OSError:  # not allowed here (seccomp, some FUSE/overlay file systems): copy in blocks
+                kernel_copy = None
+                continue
         else:
             block = read_at(source, min(COPY_BLOCK, count - copied), source_offset + copied)
             target.seek(target_offset + copied)

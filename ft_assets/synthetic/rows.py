@@ -1,7 +1,7 @@
 """Raw chat rows as sources of synthetic examples: usable, distinct, each with a source id and a group.
 
 A source's id is the example id cleaning gives it (its ``id``, else a hash of its cleaned
-content: ``ft_assets.dataset.scan.identify``), so a variant's ``source_id`` names its source as
+content: ``ft_assets.dataset.validate.identify``), so a variant's ``source_id`` names its source as
 the split stage sees it. Its group is its ``group``, else that id. Sources are distinct by
 cleaning's duplicate key. No dagster import here.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ft_assets.dataset.scan import identify
+from ft_assets.dataset.validate import identify
 
 
 def usable_examples(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:

@@ -33,7 +33,7 @@ from ft_assets.dataset.formats import (
     detect_format,
     label_of,
 )
-from ft_assets.dataset.group import SIGNATURE_BYTES, answer_features, free_text_answers, prompt_signatures
+from ft_assets.dataset.group import SIGNATURE_BINS, answer_features, free_text_answers, prompt_signatures
 from ft_assets.dataset.read import NO_SPLIT, SPLIT_NAMES
 from ft_assets.dataset.text import cut_followup, estimate_tokens, has_markdown, looks_cut_off, strip_markdown
 
@@ -86,7 +86,7 @@ INDEX_SCHEMA = pa.schema(
         ("answer_words", pa.int32()),
         ("answer_chars", pa.int32()),
         ("free_text", pa.bool_()),
-        ("signature", pa.binary(SIGNATURE_BYTES)),
+        ("signature", pa.binary(SIGNATURE_BINS)),
         ("size", pa.int64()),
     ]
 )
@@ -139,10 +139,23 @@ class ChunkResult:
     _index: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def index(self) -> pa.Table:
-        """Return the chunk's index of kept rows, memory-mapped on first use."""
+        """Return the chunk's index of kept rows, memory-mapped on first use (``release`` unmaps it)."""
         if self._index is None:
             self._index = feather.read_table(self.path("index.arrow"), memory_map=True)
         return self._index
+
+    def release(self) -> None:
+        """Drop the mapped index, so its pages stop counting in this process's memory."""
+        self._index = None
+
+    def column(self, name: str) -> np.ndarray:
+        """Return one index column, read into memory (nothing stays mapped)."""
+        values = feather.read_table(self.path("index.arrow"), columns=[name], memory_map=False)[name].combine_chunks()
+        if pa.types.is_fixed_size_binary(values.type):
+            width = values.type.byte_width
+            flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
+            return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
+        return values.to_numpy(zero_copy_only=False)
 
     def path(self, suffix: str) -> Path:
         """Return the scratch file of this chunk with the given suffix."""
@@ -277,7 +290,7 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
             errors.add("invalid_group")
     source_id = row.get("source_id")
     split = row.get("split")
-    if split is not None and split not in SPLIT_NAMES:
+    if split is not None and (type(split) is not str or split not in SPLIT_NAMES):
         errors.add("invalid_split")
     return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id), split
 
@@ -325,6 +338,8 @@ def scan_line(
             row, fmt, config.strip_markdown, config.suspicious
         )
         fixes |= cleaning
+        if cleaning:  # what cleaning left must still be valid (a turn of debris only is now empty)
+            errors |= check_chat(payload) if fmt == "chat" else check_preference(payload)
         if looks_cut_off(answer):
             quality |= QUALITY_CUT_OFF
         tokens = estimate_tokens(_content_length(messages), len(messages))
@@ -470,7 +485,7 @@ def scan_chunk_lines(
             "answer_chars": answer_chars,
             "free_text": free_text_answers(answer, answer_words),
             "signature": pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(SIGNATURE_BYTES), len(signature), [None, pa.py_buffer(signature.tobytes())]
+                pa.binary(SIGNATURE_BINS), len(signature), [None, pa.py_buffer(signature.tobytes())]
             ),
             "size": np.diff(string_buffers(lines_out)[1]),
         }
