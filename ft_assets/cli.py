@@ -200,41 +200,83 @@ def example(target: str, as_json: bool, db: str) -> None:
         click.echo(f"{subject} was rejected by cleaned_examples@{record['cleaned_examples']}: {why}")
 
 
-EVAL_COLUMNS = (
-    ("model", "model", "{}"),
-    ("model_version", "version", "{}"),
-    ("n", "n", "{}"),
-    ("exact_match", "exact", "{:.3f}"),
-    ("token_accuracy", "token acc", "{:.3f}"),
-    ("loss", "loss", "{:.3f}"),
-    ("latency_p50_ms", "p50 ms", "{:.1f}"),
-    ("latency_p95_ms", "p95 ms", "{:.1f}"),
-    ("cost_per_1k_requests_usd", "$/1k req", "{:.4f}"),
-)
+def _metric_cells(row: dict) -> list[str]:
+    """Return the cells of one evaluation row: main metric with its interval, other metrics, latency, cost."""
+    interval = "" if row["ci_low"] is None else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    main_score = "-" if row["main_score"] is None else f"{row['main_score']:.3f}{interval}"
+    others = ", ".join(
+        f"{name} {value:.3f}"
+        for name, value in sorted(row["metrics"].items())
+        if name != row["main_metric"] and isinstance(value, int | float)
+    )
+
+    def number(key: str, fmt: str) -> str:
+        return "-" if row.get(key) is None else fmt.format(row[key])
+
+    return [
+        row["model"],
+        row["model_version"],
+        str(row["n"]),
+        f"{row['main_metric']} {main_score}",
+        number("latency_p50_ms", "{:.1f}"),
+        number("latency_p95_ms", "{:.1f}"),
+        number("cost_per_1k_requests_usd", "{:.4f}"),
+        others,
+    ]
+
+
+def _print_table(header: list[str], lines: list[list[str]]) -> None:
+    table = [header, *lines]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _one_line(text: str | None, width: int = 60) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 @main.command(name="eval")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--predictions", "model", default=None, help="Show MODEL's predictions next to the references.")
+@click.option("--worst", type=int, default=None, help="With --predictions: only the N lowest-scoring examples.")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
-def eval_command(as_json: bool, db: str) -> None:
-    """Show the latest evaluation table: every model evaluated on the newest test split version."""
-    from ft_assets.lineage.queries import latest_evaluations
+def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -> None:
+    """Show the latest evaluation table (every model on the newest test split version), or one model's predictions."""
+    from ft_assets.lineage.queries import latest_evaluations, predictions
 
     if not Path(db).exists():
         raise click.ClickException(f"no lineage database at {db}: materialize evaluation_table first")
+    if model is not None:
+        rows = predictions(db, model, worst=worst)
+        if not rows:
+            raise click.ClickException(f"no predictions of {model!r} in {db}: materialize evaluation_table first")
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, default=str))
+            return
+        click.echo(f"{rows[0]['model']} {rows[0]['model_version']} on test split {rows[0]['test_split_version']}")
+        _print_table(
+            ["#", "example", "score", "reference", "prediction"],
+            [
+                [str(r["position"]), str(r["example_id"]), "-" if r["main_score"] is None else f"{r['main_score']:.3f}",
+                 _one_line(r["reference"]), _one_line(r["prediction"]) + (" [truncated]" if r["truncated"] else "")]
+                for r in rows
+            ],
+        )  # fmt: skip
+        return
     rows = latest_evaluations(db)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
         raise click.ClickException(f"no evaluation is recorded in {db}: materialize evaluation_table first")
-    table = [[label for _, label, _ in EVAL_COLUMNS]]
-    for row in rows:
-        table.append(["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in EVAL_COLUMNS])
-    widths = [max(len(line[i]) for line in table) for i in range(len(EVAL_COLUMNS))]
-    click.echo(f"test split {rows[0]['test_split_version']}")
-    for line in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    task = rows[0].get("task") or "labels"
+    click.echo(f"test split {rows[0]['test_split_version']}, task {task}; main metric with its 95% interval")
+    _print_table(
+        ["model", "version", "n", "main metric", "p50 ms", "p95 ms", "$/1k req", "other metrics"],
+        [_metric_cells(row) for row in rows],
+    )
 
 
 @lineage.command(name="sync")

@@ -91,6 +91,12 @@ class LineageStore(dg.ConfigurableResource):
         now = datetime.now(UTC).isoformat()
         record_evaluations(self.path, [{"created_at": now, **row} for row in rows])
 
+    def record_predictions(self, rows: list[dict[str, Any]]) -> None:
+        """Write per-example predictions to the ``predictions`` table."""
+        from ft_assets.lineage.store import record_predictions
+
+        record_predictions(self.path, rows)
+
     def record_fine_tune_metrics(self, model_version: str, job_id: str, rows: list[dict[str, Any]]) -> None:
         """Write the per-step metrics of a fine-tuned model version to the ``fine_tune_metrics`` table."""
         from ft_assets.lineage.store import record_fine_tune_metrics

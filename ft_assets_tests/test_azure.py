@@ -236,7 +236,9 @@ def test_api_models_are_evaluated_with_cost_and_break_even(project):
     assert metadata["fine_tuned_exact_match"].value == 1.0 and metadata["base_exact_match"].value == 0.0
     assert metadata["training_cost_usd"].value > 0
     break_even = metadata["break_even_requests"].value
-    assert isinstance(break_even, int) or break_even.startswith("none")
+    assert isinstance(break_even, int) or break_even.startswith("never")
+    assert metadata["task"].value == "labels" and metadata["fine_tuned_main_score"].value == 1.0
+    assert metadata["hosting_usd_per_hour"].value == 1.70
     rows = {row["model"]: row for row in queries.latest_evaluations(project / "lineage.duckdb")}
     tuned = next(row for name, row in rows.items() if name.startswith("azure:gpt-4o-mini"))
     assert tuned["provider"] == "api" and tuned["cost_per_1k_requests_usd"] > 0 and tuned["latency_p50_ms"] > 0

@@ -118,6 +118,27 @@ def test_evaluation_rows_and_eval_cli(first_run, project):
     printed = json.loads(output)
     assert {"model", "model_version", "test_split_version", "exact_match", "n"} <= set(printed[0])
     assert len(printed) == 4 and all(row["n"] > 0 for row in printed)
+    for row in printed:  # the shipped invoices are a label task: exact match and per-field accuracy
+        assert row["task"] == "labels" and row["main_metric"] == "exact_match"
+        assert row["ci_low"] <= row["main_score"] <= row["ci_high"]
+        assert {"exact_match", "field_accuracy:category", "field_accuracy:vendor"} <= set(row["metrics"])
+    worst = subprocess.run(
+        [sys.executable, "-m", "ft_assets.cli", "eval", "--predictions", "lora", "--worst", "3", "--db", str(db)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert worst.startswith("lora_adapter") and len(worst.strip().splitlines()) == 5  # title, header, 3 rows
+
+
+def test_every_prediction_is_kept(first_run, project):
+    import duckdb
+
+    metadata = _metadata(first_run[0])["evaluation_table"]
+    with duckdb.connect(str(project / "lineage.duckdb"), read_only=True) as connection:
+        counts = dict(connection.execute("SELECT model, count(*) FROM predictions GROUP BY model").fetchall())
+        n = connection.execute("SELECT max(n) FROM evaluations").fetchone()[0]
+    assert len(counts) == 4 and set(counts.values()) == {n}
+    assert "| model | example_id | score | reference | prediction |" in metadata["worst_predictions"].value
+    assert Path(metadata["path"].value, "predictions.parquet").exists()
 
 
 def test_trace_of_merged_model_reaches_the_raw_files(first_run, project):

@@ -337,9 +337,18 @@ class AzureEvaluationConfig(dg.Config):
     base_deployment: str = Field(
         "gpt-4o-mini", description="Deployment of the base model, asked with a few-shot prompt."
     )
+    task: Literal["auto", "labels", "json", "free_text"] = Field(
+        "auto", description="What the answers are, which decides the metrics; auto decides from the gold answers."
+    )
     few_shot_examples: int = Field(3, description="Train examples in the base model's prompt.")
     few_shot_seed: int = Field(0, description="Seed that picks the few-shot examples.")
-    max_tokens: int = Field(64, description="Longest answer.")
+    max_tokens: int = Field(
+        256, description="Cap on the answer length; the length itself is the longest gold answer (estimated) + 16."
+    )
+    hosting_usd_per_hour: float = Field(
+        1.70, description="Hourly hosting price of the fine-tuned deployment (Azure Standard, cost documentation)."
+    )
+    requests_per_hour: float = Field(1000.0, description="Expected traffic, for the break-even with hosting.")
     concurrency: int = Field(8, description="Requests in flight at once.")
     fine_tuned_input_usd_per_1m: float = Field(0.30, description="Fine-tuned model: price of a million input tokens.")
     fine_tuned_output_usd_per_1m: float = Field(1.20, description="Fine-tuned model: price of a million output tokens.")
@@ -348,23 +357,26 @@ class AzureEvaluationConfig(dg.Config):
     price_per_1m_training_tokens: float | None = Field(None, description="Training price, for the break-even.")
 
 
-def _api_row(model: str, version: str, results: list[Any], golds: list[str], prices: Any) -> dict[str, Any]:
-    """Return an evaluations row of API answers: scores, latency, tokens and cost per 1,000 requests."""
-    from ft_assets.evaluation.metrics import percentile, score_answers
+def _api_scores(
+    model: str, version: str, results: list[Any], golds: list[str], task: str, prices: Any, max_tokens: int
+) -> Any:
+    """Return the scored evaluations row of API answers (task metrics, main metric with interval) plus cost."""
+    from ft_assets.evaluation.report import Answered, score_model
 
-    answers = [(r.content or "").strip() for r in results]
-    scores = score_answers(answers, golds)
-    latencies = [r.latency_s for r in results if r.latency_s is not None]
+    answered = Answered(
+        model, version, "api", [(r.content or "").strip() for r in results],
+        [r.latency_s if r.latency_s is not None else float("nan") for r in results],
+        [r.completion_tokens for r in results], [r.prompt_tokens for r in results],
+        [r.completion_tokens >= max_tokens for r in results],
+    )  # fmt: skip
+    scored = score_model(answered, golds, task)
     costs = [prices.cost(r.prompt_tokens, r.completion_tokens) for r in results]
-    return {
-        "model": model, "model_version": version, "provider": "api", "n": scores.n,
-        "exact_match": scores.exact_match, "field_accuracy": scores.field_accuracy,
-        "token_accuracy": None, "loss": None, "perplexity": None,
-        "latency_p50_ms": percentile(latencies, 50) * 1000, "latency_p95_ms": percentile(latencies, 95) * 1000,
-        "output_tokens_mean": sum(r.completion_tokens for r in results) / max(len(results), 1),
-        "cost_per_1k_requests_usd": 1000 * sum(costs) / max(len(costs), 1),
-        "failed_requests": sum(r.status != "ok" for r in results),
-    }  # fmt: skip
+    scored.row.update(
+        token_accuracy=None, loss=None, perplexity=None,
+        cost_per_1k_requests_usd=1000 * sum(costs) / max(len(costs), 1),
+        failed_requests=sum(r.status != "ok" for r in results),
+    )  # fmt: skip
+    return answered, scored
 
 
 @dg.asset(
@@ -390,6 +402,9 @@ def azure_model_evaluation(
     import asyncio
     import math
 
+    from ft_assets.dataset.text import estimate_tokens
+    from ft_assets.evaluation.metrics import detect_task
+    from ft_assets.evaluation.report import break_even_requests, compare, prediction_rows
     from ft_assets.evaluation.runners import eval_cases, few_shot_examples, with_shots
     from ft_assets.llm.calls import ChatRequest, Prices, run_requests
     from ft_assets.llm.client import async_client
@@ -408,10 +423,14 @@ def azure_model_evaluation(
         context.log.warning(f"azure_model_evaluation: test rows skipped, by reason: {dict(skipped)}")
     shots = few_shot_examples(read_rows(train_split.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
     golds = [case.gold for case in cases]
+    if not cases:
+        raise dg.Failure("azure_model_evaluation: test_split holds no usable example to ask")
+    task, reason = detect_task(golds, config.task)
+    max_tokens = min(config.max_tokens, max(estimate_tokens(len(g), 0) for g in golds) + 16)
 
     def ask(deployment: str, prompts: list[Any]) -> list[Any]:
         requests = [
-            ChatRequest(deployment, tuple((m["role"], m["content"]) for m in c.prompt), max_tokens=config.max_tokens)
+            ChatRequest(deployment, tuple((m["role"], m["content"]) for m in c.prompt), max_tokens=max_tokens)
             for c in prompts
         ]
         batch = run_requests(
@@ -424,32 +443,64 @@ def azure_model_evaluation(
     price = known_training_price(model["base_model"], config.price_per_1m_training_tokens)
     tuned_prices = Prices(config.fine_tuned_input_usd_per_1m, config.fine_tuned_output_usd_per_1m)
     base_prices = Prices(config.base_input_usd_per_1m, config.base_output_usd_per_1m)
-    tuned = _api_row(f"azure:{model['fine_tuned_model']}", azure_fine_tuned_model.version,
-                     ask(config.fine_tuned_deployment, cases), golds, tuned_prices)  # fmt: skip
-    base = _api_row(f"azure:{config.base_deployment} (few-shot k={config.few_shot_examples})", config.base_deployment,
-                    ask(config.base_deployment, [with_shots(c, shots) for c in cases]), golds, base_prices)  # fmt: skip
+    tuned_results = ask(config.fine_tuned_deployment, cases)
+    base_results = ask(config.base_deployment, [with_shots(c, shots) for c in cases])
+    base_name = f"azure:{config.base_deployment} (few-shot k={config.few_shot_examples})"
+    tuned_answers, tuned = _api_scores(
+        f"azure:{model['fine_tuned_model']}", azure_fine_tuned_model.version, tuned_results, golds, task,
+        tuned_prices, max_tokens,
+    )  # fmt: skip
+    base_answers, base = _api_scores(
+        base_name, config.base_deployment, base_results, golds, task, base_prices, max_tokens
+    )
     training_cost = (model.get("trained_tokens") or 0) * price / 1e6 if price is not None else None
-    saving = (base["cost_per_1k_requests_usd"] - tuned["cost_per_1k_requests_usd"]) / 1000
-    break_even = math.ceil(training_cost / saving) if saving > 0 and training_cost is not None else None
-    rows = [tuned, base]
+    saving = (base.row["cost_per_1k_requests_usd"] - tuned.row["cost_per_1k_requests_usd"]) / 1000
+    break_even = (
+        break_even_requests(training_cost, saving, config.hosting_usd_per_hour, config.requests_per_hour)
+        if training_cost is not None
+        else math.nan
+    )
+    paired = compare(tuned, [base])
+    rows = [tuned.row, base.row]
+    prompts = [next((m["content"] for m in reversed(c.prompt) if m["role"] == "user"), "") for c in cases]
+    ids = [c.example_id for c in cases]
+    predictions = [
+        *prediction_rows(tuned_answers, tuned, ids, prompts, golds),
+        *prediction_rows(base_answers, base, ids, prompts, golds),
+    ]
     with artifacts.stage("azure_model_evaluation") as staging:
         (staging / "evaluations.json").write_text(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        (staging / "predictions.json").write_text(json.dumps(predictions, indent=2, sort_keys=True, default=str))
         ref = artifacts.publish(staging, "azure_model_evaluation")
+    stamp = {"test_split_version": test_split.version, "evaluation_version": ref.version}
     lineage.record_evaluations(
-        [{**row, "test_split_version": test_split.version, "evaluated_by": "azure_model_evaluation",
-          "evaluation_version": ref.version, "run_id": context.run.run_id} for row in rows]
-    )  # fmt: skip
+        [{**row, **stamp, "evaluated_by": "azure_model_evaluation", "run_id": context.run.run_id} for row in rows]
+    )
+    lineage.record_predictions([{**row, **stamp} for row in predictions])
     recorded = lineage.record(context, ref, [azure_fine_tuned_model, train_split, test_split], config)
-    columns = ["model", "n", "exact_match", "latency_p50_ms", "latency_p95_ms", "cost_per_1k_requests_usd"]
+    columns = ["model", "n", "main_metric", "main_score", "ci_low", "ci_high", "latency_p50_ms", "latency_p95_ms",
+               "prompt_tokens_mean", "output_tokens_mean", "cost_per_1k_requests_usd"]  # fmt: skip
+    test = paired[base.row["model"]]
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
             **recorded,
+            "task": task,
+            "task_reason": reason,
             "evaluations": markdown_table(rows, columns),
             "training_cost_usd": round(training_cost, 4) if training_cost is not None else "unknown price",
-            "break_even_requests": break_even if break_even is not None else "none (no saving or unknown price)",
-            "fine_tuned_exact_match": tuned["exact_match"],
-            "base_exact_match": base["exact_match"],
+            "hosting_usd_per_hour": config.hosting_usd_per_hour,
+            "requests_per_hour": config.requests_per_hour,
+            "break_even_requests": (
+                math.ceil(break_even) if math.isfinite(break_even)
+                else "never at this traffic (no saving after hosting, or unknown price)"
+            ),
+            "fine_tuned_main_score": tuned.row["main_score"],
+            "base_main_score": base.row["main_score"],
+            "fine_tuned_exact_match": tuned.row["exact_match"],
+            "base_exact_match": base.row["exact_match"],
+            "difference_significant": bool(test["significant"]),
+            "difference_p_value": test["p_value"],
         },
-    )
+    )  # fmt: skip

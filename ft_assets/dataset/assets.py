@@ -93,6 +93,8 @@ def _snapshot(
     artifacts: ArtifactStore,
     lineage: LineageStore,
     config: dg.Config,
+    *,
+    required: bool = True,
 ) -> dg.Output[ArtifactRef]:
     from ft_assets.dataset.snapshot import snapshot
 
@@ -103,7 +105,9 @@ def _snapshot(
         except FileNotFoundError as error:
             raise dg.Failure(f"{asset}: {error}. Set the asset's config 'folder' to where your files are.") from error
         if not manifest["files"]:
-            raise dg.Failure(f"{asset}: no file matching {pattern} under {source}")
+            if required:
+                raise dg.Failure(f"{asset}: no file matching {pattern} under {source}")
+            context.log.warning(f"{asset}: {source} holds no file: nothing to draw from")
         ref = artifacts.publish(staging, asset)
     if manifest["ignored"]:
         context.log.warning(f"{asset}: ignored files not matching {pattern}: {', '.join(manifest['ignored'])}")
@@ -147,7 +151,7 @@ def source_documents(
     context: dg.AssetExecutionContext, config: SourceDocumentsConfig, artifacts: ArtifactStore, lineage: LineageStore
 ) -> dg.Output[ArtifactRef]:
     """Copy the source documents into an immutable artifact."""
-    return _snapshot(context, "source_documents", config.folder, "*", artifacts, lineage, config)
+    return _snapshot(context, "source_documents", config.folder, "*", artifacts, lineage, config, required=False)
 
 
 @dg.asset(

@@ -1,8 +1,10 @@
 """The evaluation table: every local model on the test split, one DuckDB row per (model version, test split version)."""
 
 import json
+import math
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -14,25 +16,39 @@ from ft_assets.resources import ArtifactStore, LineageStore
 
 EVALUATION_CODE = source_version(
     "ft_assets.evaluation.metrics",
+    "ft_assets.evaluation.report",
     "ft_assets.evaluation.runners",
     "ft_assets.evaluation.assets",
     "ft_assets.training.chat_rows",
     "ft_assets.training.lora",
 )
 RESULTS = "evaluations.json"
+PREDICTIONS = "predictions.parquet"
+COMPARISONS = "comparisons.json"
 SKIPPED = "skipped_test_rows.json"
-TABLE_COLUMNS = [
-    "model", "model_version", "n", "exact_match", "field_accuracy", "token_accuracy", "loss", "perplexity",
-    "latency_p50_ms", "latency_p95_ms", "output_tokens_mean",
-]  # fmt: skip
+ADAPTER = "lora_adapter"
+TABLE_COLUMNS = ["model", "model_version", "n", "main", "ci", "exact_match", "token_accuracy", "loss",
+                 "latency_p50_ms", "latency_p95_ms", "output_tokens_mean", "truncated_share"]  # fmt: skip
 
 
 class EvaluationConfig(dg.Config):
-    """How the models are asked."""
+    """How the models are asked and scored."""
 
+    task: Literal["auto", "labels", "json", "free_text"] = Field(
+        "auto", description="What the answers are, which decides the metrics; auto decides from the gold answers."
+    )
     few_shot_examples: int = Field(3, description="Train examples shown in the prompted (few-shot) baseline.")
     few_shot_seed: int = Field(0, description="Seed that picks the few-shot examples.")
-    max_new_tokens: int = Field(48, description="Longest answer generated.")
+    max_new_tokens: int = Field(
+        256, description="Cap on the answer length; the length itself is the longest gold answer plus a margin."
+    )
+    generation_margin: int = Field(8, description="Tokens allowed beyond the longest gold answer.")
+    batch_size: int = Field(16, description="Test examples generated at once (greedy; same answers as one by one).")
+    bootstrap_samples: int = Field(2000, description="Resamples for the 95% intervals and the paired tests.")
+    min_test_examples: int = Field(1, description="Fail when the test split holds fewer usable examples than this.")
+    adapter_check_severity: Literal["error", "warn"] = Field(
+        "error", description="Severity of adapter_beats_base when the adapter does not significantly beat the base."
+    )
 
 
 def _models(
@@ -43,31 +59,28 @@ def _models(
     return [
         {"model": "base_model (zero-shot)", "model_version": base.version, "load": {}, "shots": False},
         {"model": f"base_model ({shots})", "model_version": base.version, "load": {}, "shots": True},
-        {
-            "model": "lora_adapter",
-            "model_version": adapter.version,
-            "load": {"adapter_dir": adapter.path},
-            "shots": False,
-        },
+        {"model": ADAPTER, "model_version": adapter.version, "load": {"adapter_dir": adapter.path}, "shots": False},
         {"model": "merged_model", "model_version": merged.version, "load": {"merged_dir": merged.path}, "shots": False},
     ]
 
 
-def _format(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {v:.3f}" for k, v in value.items())
-    return value
+def _cell(row: dict[str, Any], column: str) -> Any:
+    if column == "main":
+        return f"{row['main_metric']} {row['main_score']:.3f}"
+    if column == "ci":
+        return f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    value = row.get(column)
+    return round(value, 3) if isinstance(value, float) else value
 
 
 @dg.asset(
     group_name="evaluation",
     code_version=EVALUATION_CODE,
     description="Every local model on test_split: the base model zero-shot, the base model with a few-shot prompt "
-    "from train_split (the prompted baseline to beat), the adapter and the merged model. Exact match, per-field "
-    "accuracy, token accuracy, loss/perplexity on the gold answers, latency p50/p95 and output tokens; rows go to "
-    "the DuckDB evaluations table (see `ft-assets eval`).",
+    "from train_split (the prompted baseline to beat), the adapter and the merged model. Metrics fit the task "
+    "(labels: exact match and per-field accuracy; JSON: validity, schema, per-key accuracy; free text: ROUGE-L and "
+    "chrF), with a main metric and its bootstrap 95% interval; every prediction is kept (predictions.parquet and the "
+    "DuckDB predictions table); rows go to the DuckDB evaluations table (see `ft-assets eval`).",
 )
 def evaluation_table(
     context: dg.AssetExecutionContext,
@@ -80,28 +93,34 @@ def evaluation_table(
     artifacts: ArtifactStore,
     lineage: LineageStore,
 ) -> dg.Output[ArtifactRef]:
-    """Evaluate every local model and record one row per model version."""
+    """Evaluate every local model; record one row per model version and one per prediction."""
+    import pyarrow.parquet as pq
+
     parents = [base_model, lora_adapter, merged_model, train_split, test_split]
     key = inputs_key(code=EVALUATION_CODE, config=config.model_dump(), **{p.asset: p.version for p in parents})
     ref = artifacts.made_from("evaluation_table", key)
     reused = ref is not None
     if ref is None:
         with artifacts.stage("evaluation_table") as staging:
-            rows, skipped = _evaluate(context, config, base_model, lora_adapter, merged_model, train_split, test_split)
-            (staging / RESULTS).write_text(json.dumps(rows, indent=2, sort_keys=True))
-            (staging / SKIPPED).write_text(json.dumps(skipped, indent=2, sort_keys=True))
+            _evaluate(context, config, base_model, lora_adapter, merged_model, train_split, test_split, staging)
             ref = artifacts.publish(staging, "evaluation_table")
         artifacts.remember("evaluation_table", key, ref)
     else:
         context.log.info(f"evaluation_table: models and test split unchanged; reusing {ref.path}")
     rows = json.loads(ref.file(RESULTS).read_text())
-    skipped = json.loads(ref.file(SKIPPED).read_text()) if ref.file(SKIPPED).exists() else {}
+    comparisons = json.loads(ref.file(COMPARISONS).read_text())
+    skipped = json.loads(ref.file(SKIPPED).read_text())
+    predictions = pq.read_table(ref.file(PREDICTIONS)).to_pylist()
+    stamp = {"test_split_version": test_split.version, "evaluation_version": ref.version}
     lineage.record_evaluations(
-        [{**row, "test_split_version": test_split.version, "evaluated_by": "evaluation_table",
-          "evaluation_version": ref.version, "run_id": context.run.run_id} for row in rows]
-    )  # fmt: skip
+        [{**row, **stamp, "evaluated_by": "evaluation_table", "run_id": context.run.run_id} for row in rows]
+    )
+    lineage.record_predictions([{**row, **stamp, "scores": json.loads(row["scores"])} for row in predictions])
     recorded = lineage.record(context, ref, parents, config)
-    by_model = {row["model"]: row for row in rows}
+    adapter = next(row for row in rows if row["model"] == ADAPTER)
+    paired = [
+        {"baseline": name, **{k: _round(v) for k, v in test.items()}} for name, test in comparisons["paired"].items()
+    ]
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
@@ -109,14 +128,58 @@ def evaluation_table(
             **recorded,
             "reused": reused,
             "test_split_version": test_split.version,
-            "evaluations": markdown_table(
-                [{c: _format(row.get(c)) for c in TABLE_COLUMNS} for row in rows], TABLE_COLUMNS
+            "task": adapter["task"],
+            "task_reason": comparisons["task_reason"],
+            "main_metric": adapter["main_metric"],
+            "evaluations": markdown_table([{c: _cell(row, c) for c in TABLE_COLUMNS} for row in rows], TABLE_COLUMNS),
+            "adapter_main_score": adapter["main_score"],
+            "adapter_vs_baselines": markdown_table(
+                paired, ["baseline", "difference", "ci_low", "ci_high", "p_value", "significant"]
             ),
-            "adapter_exact_match": by_model["lora_adapter"]["exact_match"],
-            "base_zero_shot_exact_match": by_model["base_model (zero-shot)"]["exact_match"],
+            "worst_predictions": markdown_table(
+                _worst(predictions), ["model", "example_id", "score", "reference", "prediction"]
+            ),
+            "base_vs_adapter": markdown_table(
+                _side_by_side(predictions), ["example_id", "reference", "base (zero-shot)", ADAPTER]
+            ),
+            "max_new_tokens": comparisons["max_new_tokens"],
             "test_rows_skipped": dg.MetadataValue.json(skipped),
         },
-    )
+    )  # fmt: skip
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _short(text: str | None, width: int = 80) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[str, Any]]:
+    """Return the lowest-scoring predictions of each model, for the UI."""
+    from ft_assets.evaluation.report import worst_examples
+
+    rows = []
+    for model in dict.fromkeys(p["model"] for p in predictions):
+        for p in worst_examples([p for p in predictions if p["model"] == model], per_model):
+            rows.append({"model": model, "example_id": p["example_id"], "score": _round(p["main_score"]),
+                         "reference": _short(p["reference"]), "prediction": _short(p["prediction"])})  # fmt: skip
+    return rows
+
+
+def _side_by_side(predictions: list[dict[str, Any]], count: int = 5) -> list[dict[str, Any]]:
+    """Return the base model's and the adapter's answers to the first few test examples."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for p in predictions:
+        by_model.setdefault(p["model"], []).append(p)
+    base, adapter = by_model.get("base_model (zero-shot)", []), by_model.get(ADAPTER, [])
+    return [
+        {"example_id": a["example_id"], "reference": _short(a["reference"], 60),
+         "base (zero-shot)": _short(b["prediction"], 60), ADAPTER: _short(a["prediction"], 60)}
+        for b, a in list(zip(base, adapter, strict=False))[:count]
+    ]  # fmt: skip
 
 
 def _evaluate(
@@ -127,42 +190,113 @@ def _evaluate(
     merged: ArtifactRef,
     train: ArtifactRef,
     test: ArtifactRef,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Run every local model on the test cases; return the evaluation rows and the skipped test rows by reason."""
-    from ft_assets.evaluation.runners import eval_cases, few_shot_examples, load_model, run_local, with_shots
+    staging: Path,
+) -> None:
+    """Run every local model on the test cases and write rows, predictions, comparisons and skipped rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ft_assets.evaluation.metrics import detect_task
+    from ft_assets.evaluation.report import Answered, compare, prediction_rows, score_model
+    from ft_assets.evaluation.runners import (
+        eval_cases,
+        few_shot_examples,
+        generation_budget,
+        load_model,
+        run_local,
+        tokenize_cases,
+        with_shots,
+    )
     from ft_assets.training.lora import read_rows
 
     skipped: Counter[str] = Counter()
     cases = eval_cases(read_rows(test.file("data.jsonl")), skipped)
     if skipped:
         context.log.warning(f"evaluation_table: test rows the local models cannot answer, skipped: {dict(skipped)}")
-    if not cases:
-        raise dg.Failure("evaluation_table: test_split holds no chat example with an assistant answer")
-    shots = few_shot_examples(read_rows(train.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
+    needed = max(config.min_test_examples, 1)
+    if len(cases) < needed:
+        raise dg.Failure(
+            f"evaluation_table: test_split has {len(cases)} usable examples (at least {needed} needed): add data, "
+            "or give the test split a larger share (splits config ratios)"
+        )
     golds = [case.gold for case in cases]
-    rows = []
+    task, reason = detect_task(golds, config.task)
+    context.log.info(f"evaluation_table: task {task} ({reason})")
+    shots = few_shot_examples(read_rows(train.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
+    prompts_text = [next((m["content"] for m in reversed(c.prompt) if m["role"] == "user"), "") for c in cases]
+    example_ids = [case.example_id for case in cases]
+    _, tokenizer = load_model(base.path)
+    budget = min(generation_budget(tokenizer, golds, margin=config.generation_margin, cap=config.max_new_tokens),
+                 config.max_new_tokens)  # fmt: skip
+    plain, shot = tokenize_cases(tokenizer, cases), tokenize_cases(tokenizer, [with_shots(c, shots) for c in cases])
+    scored, predictions, rows = [], [], []
     for spec in _models(base, adapter, merged, config):
-        model, tokenizer = load_model(base.path, **spec["load"])
-        prompts = [with_shots(case, shots) for case in cases] if spec["shots"] else cases
-        result = run_local(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, log=context.log.info,
-                           label=spec["model"])  # fmt: skip
-        row = {"model": spec["model"], "model_version": spec["model_version"], "provider": "local", **result.row(golds)}
-        context.log.info(f"{spec['model']}: exact match {row['exact_match']:.3f} on {row['n']} test examples")
+        model, model_tokenizer = load_model(base.path, **spec["load"])
+        result = run_local(model, model_tokenizer, shot if spec["shots"] else plain, max_new_tokens=budget,
+                           batch_size=config.batch_size, log=context.log.info, label=spec["model"])  # fmt: skip
+        answered = Answered(
+            spec["model"], spec["model_version"], "local", result.answers, result.latencies_s, result.output_tokens,
+            [p.prompt_tokens for p in result.predictions], [p.truncated for p in result.predictions],
+        )  # fmt: skip
+        model_scores = score_model(answered, golds, task, samples=config.bootstrap_samples, seed=config.few_shot_seed)
+        row = model_scores.row
+        row["metrics"] = {**row["metrics"], "token_accuracy": result.token_accuracy, "loss": result.loss}
+        row.update(token_accuracy=result.token_accuracy, loss=result.loss, perplexity=_perplexity(result.loss),
+                   cost_per_1k_requests_usd=None)  # fmt: skip
+        context.log.info(
+            f"{spec['model']}: {row['main_metric']} {row['main_score']:.3f} "
+            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] on {row['n']} test examples"
+        )
+        scored.append(model_scores)
         rows.append(row)
-    return rows, dict(skipped)
+        predictions += prediction_rows(answered, model_scores, example_ids, prompts_text, golds)
+    adapter_scores = next(s for s in scored if s.row["model"] == ADAPTER)
+    baselines = [s for s in scored if s.row["model"].startswith("base_model")]
+    comparisons = {
+        "task_reason": reason,
+        "max_new_tokens": budget,
+        "severity": config.adapter_check_severity,
+        "paired": compare(adapter_scores, baselines, samples=config.bootstrap_samples, seed=config.few_shot_seed),
+    }
+    (staging / RESULTS).write_text(json.dumps(rows, indent=2, sort_keys=True, default=_json_number))
+    (staging / COMPARISONS).write_text(json.dumps(comparisons, indent=2, sort_keys=True, default=_json_number))
+    (staging / SKIPPED).write_text(json.dumps(dict(skipped), indent=2, sort_keys=True))
+    table = pa.Table.from_pylist([{**p, "scores": json.dumps(p["scores"], sort_keys=True)} for p in predictions])
+    pq.write_table(table, staging / PREDICTIONS)
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
+
+
+def _json_number(value: Any) -> Any:
+    """Make numpy numbers JSON-serializable."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 @dg.asset_check(
     asset="evaluation_table",
-    blocking=False,
-    description="The LoRA adapter's exact match beats the base model's, zero-shot and few-shot (prompted baseline).",
+    blocking=False,  # nothing downstream consumes evaluation_table yet; a promotion step will make it blocking
+    description="The LoRA adapter beats every base model (zero-shot and the few-shot prompted baseline) on the main "
+    "metric, and a paired test says the difference is significant (p < 0.05). Severity: evaluation config "
+    "adapter_check_severity.",
 )
 def adapter_beats_base(evaluation_table: ArtifactRef) -> dg.AssetCheckResult:
-    """Compare the adapter's exact match with the base model's best."""
+    """Compare the adapter's main metric with each base model's, with the paired test."""
     rows = {row["model"]: row for row in json.loads(evaluation_table.file(RESULTS).read_text())}
-    adapter = rows["lora_adapter"]["exact_match"]
-    base = max(row["exact_match"] for name, row in rows.items() if name.startswith("base_model"))
+    comparisons = json.loads(evaluation_table.file(COMPARISONS).read_text())
+    adapter = rows[ADAPTER]
+    paired = comparisons["paired"]
+    passed = all(test["difference"] > 0 and test["significant"] for test in paired.values())
+    severity = dg.AssetCheckSeverity.WARN if comparisons["severity"] == "warn" else dg.AssetCheckSeverity.ERROR
     return dg.AssetCheckResult(
-        passed=adapter > base,
-        metadata={"adapter_exact_match": adapter, "best_base_exact_match": base, "margin": adapter - base},
+        passed=passed,
+        severity=severity,
+        metadata={
+            "main_metric": adapter["main_metric"],
+            "adapter_score": adapter["main_score"],
+            **{f"vs {name}: difference": test["difference"] for name, test in paired.items()},
+            **{f"vs {name}: p_value": test["p_value"] for name, test in paired.items()},
+            **{f"vs {name}: significant": bool(test["significant"]) for name, test in paired.items()},
+        },
     )

@@ -293,7 +293,11 @@ def _find_id(db: str | Path, example_id: str, versions: int, unmatched_file: str
 
 
 def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
-    """Return the evaluation rows of the newest evaluated test split version, best exact match first."""
+    """Return the evaluation rows of the newest evaluated test split version, best main score first.
+
+    Each row has ``main_metric``, ``main_score``, ``ci_low``, ``ci_high`` and ``metrics`` (every
+    metric by name), besides latency, tokens and cost.
+    """
     with connect(db, read_only=True) as connection:
         if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluations'").fetchone()[
             0
@@ -303,11 +307,43 @@ def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
             """
             SELECT * EXCLUDE (created_at), created_at::VARCHAR AS created_at FROM evaluations
             WHERE test_split_version = (SELECT test_split_version FROM evaluations ORDER BY created_at DESC LIMIT 1)
-            ORDER BY exact_match DESC NULLS LAST, model
+            ORDER BY coalesce(main_score, exact_match) DESC NULLS LAST, model
             """
         )
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     for row in rows:
         row["field_accuracy"] = json.loads(row["field_accuracy"] or "{}")
+        row["metrics"] = json.loads(row["metrics"] or "{}") or {"exact_match": row["exact_match"]}
+        if row["main_metric"] is None:  # a row written before main metrics existed
+            row["main_metric"], row["main_score"] = "exact_match", row["exact_match"]
     return rows
+
+
+def predictions(db: str | Path, model: str, *, worst: int | None = None) -> list[dict[str, Any]]:
+    """Return the predictions of ``model`` (a name or its start, e.g. ``lora``) on the newest test split it was run on.
+
+    With ``worst``, only the ``worst`` lowest-scoring examples, lowest first; else in test order.
+    """
+    with connect(db, read_only=True) as connection:
+        if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'predictions'").fetchone()[
+            0
+        ]:
+            return []
+        cursor = connection.execute(
+            """
+            WITH latest AS (
+                SELECT model, model_version, test_split_version FROM evaluations
+                WHERE model = ? OR starts_with(model, ?)
+                ORDER BY created_at DESC LIMIT 1
+            )
+            SELECT p.* FROM predictions p JOIN latest USING (model, model_version, test_split_version)
+            ORDER BY CASE WHEN ? THEN p.main_score END ASC NULLS LAST, p.position
+            """,
+            [model, model, worst is not None],
+        )
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["scores"] = json.loads(row["scores"] or "{}")
+    return rows[:worst] if worst is not None else rows

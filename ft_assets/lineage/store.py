@@ -67,6 +67,31 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (model, model_version, test_split_version)
 );
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS task VARCHAR;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS main_metric VARCHAR;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS main_score DOUBLE;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS ci_low DOUBLE;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS ci_high DOUBLE;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS metrics VARCHAR;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS prompt_tokens_mean DOUBLE;
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS truncated_share DOUBLE;
+CREATE TABLE IF NOT EXISTS predictions (
+    model VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    test_split_version VARCHAR NOT NULL,
+    evaluation_version VARCHAR NOT NULL,
+    position BIGINT NOT NULL,
+    example_id VARCHAR,
+    prompt VARCHAR,
+    reference VARCHAR,
+    prediction VARCHAR,
+    main_score DOUBLE,
+    scores VARCHAR,
+    latency_ms DOUBLE,
+    prompt_tokens BIGINT,
+    output_tokens BIGINT,
+    truncated BOOLEAN
+);
 CREATE TABLE IF NOT EXISTS fine_tune_metrics (
     model_version VARCHAR NOT NULL,
     job_id VARCHAR NOT NULL,
@@ -212,19 +237,57 @@ EVALUATION_COLUMNS = (
     "model", "model_version", "test_split_version", "provider", "n", "exact_match", "field_accuracy",
     "token_accuracy", "loss", "perplexity", "latency_p50_ms", "latency_p95_ms", "output_tokens_mean",
     "cost_per_1k_requests_usd", "evaluated_by", "evaluation_version", "run_id", "created_at",
+    "task", "main_metric", "main_score", "ci_low", "ci_high", "metrics", "prompt_tokens_mean", "truncated_share",
+)  # fmt: skip
+PREDICTION_COLUMNS = (
+    "model", "model_version", "test_split_version", "evaluation_version", "position", "example_id", "prompt",
+    "reference", "prediction", "main_score", "scores", "latency_ms", "prompt_tokens", "output_tokens", "truncated",
 )  # fmt: skip
 
 
 def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write evaluation rows; a row for the same model version and test split version replaces the old one."""
+    columns = ", ".join(EVALUATION_COLUMNS)
     placeholders = ", ".join("?" for _ in EVALUATION_COLUMNS)
     values = []
     for row in rows:
-        stored = {**row, "field_accuracy": json.dumps(row.get("field_accuracy") or {}, sort_keys=True)}
+        stored = {
+            **row,
+            "field_accuracy": json.dumps(row.get("field_accuracy") or {}, sort_keys=True),
+            "metrics": json.dumps({k: _finite(v) for k, v in (row.get("metrics") or {}).items()}, sort_keys=True),
+        }
         values.append([_finite(stored.get(column)) for column in EVALUATION_COLUMNS])
     with connect(path) as connection:
         connection.execute("BEGIN TRANSACTION")
-        connection.executemany(f"INSERT OR REPLACE INTO evaluations VALUES ({placeholders})", values)
+        connection.executemany(f"INSERT OR REPLACE INTO evaluations ({columns}) VALUES ({placeholders})", values)
+        connection.execute("COMMIT")
+
+
+def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write per-example predictions, replacing those of the same (model, model version, test split version)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(
+        [
+            {
+                **{column: row.get(column) for column in PREDICTION_COLUMNS},
+                "scores": json.dumps({k: _finite(v) for k, v in row["scores"].items()}, sort_keys=True),
+                "main_score": _finite(row.get("main_score")),
+            }
+            for row in rows
+        ]
+    )
+    keys = sorted({(row["model"], row["model_version"], row["test_split_version"]) for row in rows})
+    with connect(path) as connection:
+        connection.execute("BEGIN TRANSACTION")
+        for key in keys:
+            connection.execute(
+                "DELETE FROM predictions WHERE model = ? AND model_version = ? AND test_split_version = ?", list(key)
+            )
+        if rows:
+            connection.register("new_predictions", table)
+            connection.execute(f"INSERT INTO predictions SELECT {', '.join(PREDICTION_COLUMNS)} FROM new_predictions")
+            connection.unregister("new_predictions")
         connection.execute("COMMIT")
 
 
