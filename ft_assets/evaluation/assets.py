@@ -12,10 +12,11 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.metadata import markdown_table
-from ft_assets.resources import ArtifactStore, LineageStore
+from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 EVALUATION_CODE = source_version(
     "ft_assets.evaluation.metrics",
+    "ft_assets.evaluation.judge",
     "ft_assets.evaluation.report",
     "ft_assets.evaluation.runners",
     "ft_assets.evaluation.assets",
@@ -46,6 +47,11 @@ class EvaluationConfig(dg.Config):
     batch_size: int = Field(16, description="Test examples generated at once (greedy; same answers as one by one).")
     bootstrap_samples: int = Field(2000, description="Resamples for the 95% intervals and the paired tests.")
     min_test_examples: int = Field(1, description="Fail when the test split holds fewer usable examples than this.")
+    judge_model: str | None = Field(
+        "gpt-4o-mini", description="Model (deployment) that grades free-text answers 1-5 when credentials are set."
+    )
+    judge_max_requests: int = Field(2000, description="Most judge requests one evaluation may send.")
+    judge_max_cost_usd: float = Field(1.0, description="Most dollars the judge may spend on one evaluation.")
     adapter_check_severity: Literal["error", "warn"] = Field(
         "error", description="Severity of adapter_beats_base when the adapter does not significantly beat the base."
     )
@@ -92,17 +98,20 @@ def evaluation_table(
     test_split: ArtifactRef,
     artifacts: ArtifactStore,
     lineage: LineageStore,
+    llm: LLMResource,
 ) -> dg.Output[ArtifactRef]:
     """Evaluate every local model; record one row per model version and one per prediction."""
     import pyarrow.parquet as pq
 
     parents = [base_model, lora_adapter, merged_model, train_split, test_split]
-    key = inputs_key(code=EVALUATION_CODE, config=config.model_dump(), **{p.asset: p.version for p in parents})
+    judge_ready = llm.client_settings().provider is not None  # a judged evaluation is not the unjudged one
+    settings = {**config.model_dump(), "judge_ready": judge_ready}
+    key = inputs_key(code=EVALUATION_CODE, config=settings, **{p.asset: p.version for p in parents})
     ref = artifacts.made_from("evaluation_table", key)
     reused = ref is not None
     if ref is None:
         with artifacts.stage("evaluation_table") as staging:
-            _evaluate(context, config, base_model, lora_adapter, merged_model, train_split, test_split, staging)
+            _evaluate(context, config, llm, base_model, lora_adapter, merged_model, train_split, test_split, staging)
             ref = artifacts.publish(staging, "evaluation_table")
         artifacts.remember("evaluation_table", key, ref)
     else:
@@ -143,6 +152,7 @@ def evaluation_table(
                 _side_by_side(predictions), ["example_id", "reference", "base (zero-shot)", ADAPTER]
             ),
             "max_new_tokens": comparisons["max_new_tokens"],
+            "judge": comparisons["judge"],
             "test_rows_skipped": dg.MetadataValue.json(skipped),
         },
     )  # fmt: skip
@@ -185,6 +195,7 @@ def _side_by_side(predictions: list[dict[str, Any]], count: int = 5) -> list[dic
 def _evaluate(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
+    llm: LLMResource,
     base: ArtifactRef,
     adapter: ArtifactRef,
     merged: ArtifactRef,
@@ -229,7 +240,7 @@ def _evaluate(
     budget = min(generation_budget(tokenizer, golds, margin=config.generation_margin, cap=config.max_new_tokens),
                  config.max_new_tokens)  # fmt: skip
     plain, shot = tokenize_cases(tokenizer, cases), tokenize_cases(tokenizer, [with_shots(c, shots) for c in cases])
-    scored, predictions, rows = [], [], []
+    scored, predictions, rows, answers = [], [], [], []
     for spec in _models(base, adapter, merged, config):
         model, model_tokenizer = load_model(base.path, **spec["load"])
         result = run_local(model, model_tokenizer, shot if spec["shots"] else plain, max_new_tokens=budget,
@@ -249,6 +260,9 @@ def _evaluate(
         )
         scored.append(model_scores)
         rows.append(row)
+        answers.append(answered)
+    judged = _judge(context, config, llm, task, prompts_text, golds, answers, scored)
+    for answered, model_scores in zip(answers, scored, strict=True):
         predictions += prediction_rows(answered, model_scores, example_ids, prompts_text, golds)
     adapter_scores = next(s for s in scored if s.row["model"] == ADAPTER)
     baselines = [s for s in scored if s.row["model"].startswith("base_model")]
@@ -256,6 +270,7 @@ def _evaluate(
         "task_reason": reason,
         "max_new_tokens": budget,
         "severity": config.adapter_check_severity,
+        "judge": judged,
         "paired": compare(adapter_scores, baselines, samples=config.bootstrap_samples, seed=config.few_shot_seed),
     }
     (staging / RESULTS).write_text(json.dumps(rows, indent=2, sort_keys=True, default=_json_number))
@@ -263,6 +278,49 @@ def _evaluate(
     (staging / SKIPPED).write_text(json.dumps(dict(skipped), indent=2, sort_keys=True))
     table = pa.Table.from_pylist([{**p, "scores": json.dumps(p["scores"], sort_keys=True)} for p in predictions])
     pq.write_table(table, staging / PREDICTIONS)
+
+
+def _judge(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    llm: LLMResource,
+    task: str,
+    prompts: list[str],
+    golds: list[str],
+    answers: list[Any],
+    scored: list[Any],
+) -> str:
+    """Grade free-text answers with the LLM judge, adding ``judge_correctness`` to each model; say what happened."""
+    import asyncio
+
+    from ft_assets.evaluation.judge import METRIC, judge_requests, parse_grade
+    from ft_assets.llm.calls import Budget, Prices, ResponseCache, run_requests
+    from ft_assets.llm.client import CREDENTIAL_VARIABLES, async_client
+
+    if task != "free_text" or not config.judge_model:
+        return "skipped: the judge grades free-text answers only" if config.judge_model else "skipped: no judge_model"
+    settings = llm.client_settings()
+    if settings.provider is None:
+        return f"skipped: no credentials (set {CREDENTIAL_VARIABLES})"
+    requests = [r for a in answers for r in judge_requests(config.judge_model, prompts, golds, a.answers)]
+    context.log.info(f"evaluation_table: {len(requests)} judge requests to {config.judge_model}")
+    results, report = asyncio.run(
+        run_requests(
+            lambda: async_client(settings), requests, endpoint=settings.endpoint, cache=ResponseCache(llm.cache_dir),
+            budget=Budget(config.judge_max_requests, config.judge_max_cost_usd),
+            prices=Prices(llm.input_usd_per_1m, llm.output_usd_per_1m), log=context.log.info,
+        )
+    )  # fmt: skip
+    grades = [parse_grade(r.content) for r in results]
+    for index, model_scores in enumerate(scored):
+        mine = grades[index * len(golds) : (index + 1) * len(golds)]
+        model_scores.per_example[METRIC] = mine
+        known = [g for g in mine if not math.isnan(g)]
+        model_scores.row["metrics"][METRIC] = sum(known) / len(known) if known else math.nan
+    graded = sum(not math.isnan(g) for g in grades)
+    return (
+        f"{config.judge_model}: {graded}/{len(grades)} graded, {report.requests_sent} requests, ${report.cost_usd:.4f}"
+    )
 
 
 def _perplexity(loss: float) -> float:
