@@ -50,3 +50,17 @@ def test_one_prediction_per_test_example_and_model(glossary_run):
         columns = {d[0] for d in connection.execute("SELECT * FROM predictions LIMIT 0").description}
     assert {"model", "model_version", "test_split_version", "example_id", "reference", "prediction"} <= columns
     assert len(counts) == 4 and all(total == distinct == test_rows for _, total, distinct in counts)
+
+
+def test_an_empty_test_split_fails_evaluation_with_its_cause_and_the_merge_check_uses_validation(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "sources").mkdir()
+    shutil.copy(FIXTURES / "ten_rows.jsonl", tmp_path / "raw")
+    splits = {"splits": {"config": {"ratios": [0.9, 0.1, 0.0]}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(tmp_path, instance, ops=splits)
+    failure = result.failure_data_for_node("evaluation_table")
+    assert failure is not None and "test_split has 0 usable examples" in failure.error.message
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    parity = checks["merged_model_matches_adapter"]
+    assert parity.passed and parity.metadata["compared_on"].value == "validation_split"

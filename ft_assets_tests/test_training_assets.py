@@ -30,7 +30,9 @@ LOCAL_ASSETS = {
 }  # fmt: skip
 
 
-def _run(project: Path, instance: dg.DagsterInstance, lora: dict | None = None) -> dg.ExecuteInProcessResult:
+def _run(
+    project: Path, instance: dg.DagsterInstance, lora: dict | None = None, ops: dict | None = None
+) -> dg.ExecuteInProcessResult:
     artifacts = str(project / "artifacts")
     return defs.resolve_job_def("main").execute_in_process(
         instance=instance,
@@ -50,6 +52,7 @@ def _run(project: Path, instance: dg.DagsterInstance, lora: dict | None = None) 
                 "base_model": {"config": TINY_BASE},
                 "lora_adapter": {"config": {**TINY_LORA, **(lora or {})}},
                 "evaluation_table": {"config": {"few_shot_examples": 1, "max_new_tokens": 12}},
+                **(ops or {}),
             }
         },
     )
