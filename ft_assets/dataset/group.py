@@ -33,7 +33,7 @@ from ft_assets.dataset.splitting import mix64
 SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
-NEAR_DUPLICATE_REACH = 4
+NEAR_DUPLICATE_REACH = 2
 EMPTY_BIN = np.uint8(0xFF)
 _HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 FREE_TEXT_ANSWER_WORDS = 4
@@ -150,7 +150,8 @@ def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, th
     of ``a ^ b``).
     """
     same = np.zeros(len(first), dtype=np.int64)
-    for values in columns:  # one column at a time: small temporaries
+    for column in columns:  # one column at a time, copied contiguous for fast gathers, then dropped
+        values = np.ascontiguousarray(column)
         same += _zero_bytes(values[first] ^ values[second])
     return same >= threshold * SIGNATURE_BINS - 1e-9
 
