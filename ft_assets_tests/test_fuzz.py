@@ -5,17 +5,15 @@ ft_assets_tests/test_fuzz.py`` (profiles in conftest.py).
 """
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ft_assets.dataset.columnar import ChunkLines
 from ft_assets.dataset.prep import CLEANED, REJECTED, clean, revalidate
-from ft_assets.dataset.read import NO_SPLIT
-from ft_assets.dataset.validate import CleanConfig, scan_chunk_lines
+from ft_assets.dataset.validate import CleanConfig
 from ft_assets_tests.conftest import read_jsonl
+from ft_assets_tests.test_columnar import _scan_both
 
 SEED_ROWS = [
     {
@@ -85,16 +83,10 @@ lines_strategy = st.lists(st.one_of(mutated_line(), st.sampled_from(SEED_LINES))
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(lines=lines_strategy, strip=st.booleans(), fmt=st.sampled_from(["auto", "chat"]))
 def test_fast_and_reference_paths_decide_alike(lines: list[bytes], strip: bool, fmt: str):
-    config = CleanConfig(format=fmt, strip_markdown=strip)
-    chunk = ChunkLines.of(b"\n".join(lines) + b"\n")
-    outcomes = []
-    for fast in (True, False):
-        reasons: Counter[str] = Counter()
-        rejected: list[bytes] = []
-        out, index = scan_chunk_lines(chunk, config, reasons, rejected, NO_SPLIT, fast=fast)
-        outcomes.append((out.to_pylist(), index.to_pylist(), dict(reasons), rejected))
-        assert index.num_rows + len(rejected) == len(lines)
-    assert outcomes[0] == outcomes[1]
+    fast, reference = _scan_both(lines, CleanConfig(format=fmt, strip_markdown=strip))
+    assert fast == reference
+    _, index, _, rejected = reference
+    assert len(index) + len(rejected) == len(lines)
 
 
 @settings(

@@ -34,6 +34,7 @@ SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
 NEAR_DUPLICATE_REACH = 2
+PAIR_SLICE = 1 << 20  # candidate pairs verified at once
 EMPTY_BIN = np.uint8(0xFF)
 _HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 FREE_TEXT_ANSWER_WORDS = 4
@@ -149,16 +150,18 @@ def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, th
     The estimate is the share of equal bins; bytes are compared eight at a time (``_zero_bytes``
     of ``a ^ b``).
     """
-    same = np.zeros(len(first), dtype=np.int64)
+    same = np.zeros(len(first), dtype=np.uint8)
     for column in columns:  # one column at a time, copied contiguous for fast gathers, then dropped
         values = np.ascontiguousarray(column)
-        same += _zero_bytes(values[first] ^ values[second])
+        for start in range(0, len(first), PAIR_SLICE):  # bounded temporaries however many pairs
+            pairs = slice(start, start + PAIR_SLICE)
+            same[pairs] += _zero_bytes(values[first[pairs]] ^ values[second[pairs]])
     return same >= threshold * SIGNATURE_BINS - 1e-9
 
 
 def _zero_bytes(words: np.ndarray) -> np.ndarray:
     """Return how many of the 8 bytes of each 64-bit word are zero."""
-    return np.bitwise_count(~(((words & _LOW7) + _LOW7) | words | _LOW7)).astype(np.int64)
+    return np.bitwise_count(~(((words & _LOW7) + _LOW7) | words | _LOW7))
 
 
 def band_key(signature: np.ndarray, band: int) -> np.ndarray:
