@@ -210,30 +210,37 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
     ``columns``: ``norm_hash`` (content key), ``group_hash`` and ``id_hash`` (the key of the row's
     group and id labels; the content key where it has none), ``source_hash`` (0: none),
     ``answer_hash`` (0: none), ``free_text`` (bool) and ``signature`` (rows x ``SIGNATURE_BINS`` uint8).
+    The columns it reads are removed from ``columns`` once used (``group_hash`` stays), so memory stays low
+    at millions of rows.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(columns["group_hash"])
     nodes = np.arange(n, dtype=np.int32)
-    labels_given = np.flatnonzero(columns["group_hash"] != columns["norm_hash"]).astype(np.int32)
-    ids_given = np.flatnonzero(columns["id_hash"] != columns["norm_hash"]).astype(np.int32)
+    norm_hash, id_hash = columns.pop("norm_hash"), columns.pop("id_hash")
+    labels_given = np.flatnonzero(columns["group_hash"] != norm_hash).astype(np.int32)
+    ids_given = np.flatnonzero(id_hash != norm_hash).astype(np.int32)
+    del norm_hash
     group_pairs = _pairs(columns["group_hash"][labels_given], labels_given)
-    id_pairs = _pairs(columns["id_hash"][ids_given], ids_given)
+    id_pairs = _pairs(id_hash[ids_given], ids_given)
     edges: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "label": (np.concatenate([group_pairs[0], id_pairs[0]]), np.concatenate([group_pairs[1], id_pairs[1]]))
     }
-    has_source = np.flatnonzero(columns["source_hash"] != 0).astype(np.int32)
+    source_hash = columns.pop("source_hash")
+    has_source = np.flatnonzero(source_hash != 0).astype(np.int32)
     if len(has_source):
-        keys = np.concatenate([columns["id_hash"], columns["source_hash"][has_source]])
-        first, second = _pairs(keys, np.concatenate([nodes, has_source]))
-        edges["synthetic_source"] = (first, second)
-    answer = columns["answer_hash"]
+        keys = np.concatenate([id_hash, source_hash[has_source]])
+        edges["synthetic_source"] = _pairs(keys, np.concatenate([nodes, has_source]))
+    del id_hash, source_hash
+    answer, free_text = columns.pop("answer_hash"), columns.pop("free_text")
+    free_text_answers = int(np.count_nonzero(free_text))
     if config.group_by_answer == "auto":
-        answer = np.where(columns["free_text"], answer, np.uint64(0))
+        answer = np.where(free_text, answer, np.uint64(0))
     if config.group_by_answer != "never":
         edges["same_answer"] = _pairs(answer, nodes)
-    edges["near_duplicate_prompt"] = near_duplicate_pairs(columns["signature"], config.near_duplicate_threshold)
+    del answer, free_text
+    edges["near_duplicate_prompt"] = near_duplicate_pairs(columns.pop("signature"), config.near_duplicate_threshold)
     first = np.concatenate([e[0] for e in edges.values()])
     second = np.concatenate([e[1] for e in edges.values()])
     graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(n, n))
@@ -245,7 +252,7 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
         "groups": int(count),
         "group_by_answer": config.group_by_answer,
         "near_duplicate_threshold": config.near_duplicate_threshold,
-        "free_text_answers": int(np.count_nonzero(columns["free_text"])),
+        "free_text_answers": free_text_answers,
         "joined_by": grouped_by,
     }
     return labels.astype(np.int64), report

@@ -153,9 +153,8 @@ def _token_stats(tokens: np.ndarray) -> dict[str, float]:
 def plan_splits(
     columns: dict[str, np.ndarray], split_config: SplitConfig, group_config: GroupConfig
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Return each kept row's split (0/1/2) and the grouping report."""
-    group_of_row, report = form_groups(columns, group_config)
-    columns.pop("signature")
+    """Return each kept row's split (0/1/2) and the grouping report (``columns`` is used up)."""
+    group_of_row, report = form_groups(columns, group_config)  # uses up the grouping columns
     group_key = np.full(report["groups"], np.iinfo(np.uint64).max, dtype=np.uint64)
     np.minimum.at(group_key, group_of_row, columns["group_hash"])
     target, report["user_split_conflicts"] = assign_splits(group_of_row, group_key, columns["user_split"], split_config)
