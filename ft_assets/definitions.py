@@ -14,12 +14,12 @@ from ft_assets.azure.assets import (
     azure_training_files,
 )
 from ft_assets.dataset.assets import (
+    SPLIT_FORMAT_CHECKS,
     cleaned_examples,
     raw_examples,
     source_documents,
     splits,
     splits_do_not_overlap,
-    splits_format_valid,
     train_split_has_enough_examples,
 )
 from ft_assets.evaluation.assets import adapter_beats_base, evaluation_table
@@ -65,7 +65,7 @@ defs = dg.Definitions(
         azure_training_files, azure_finetune_job, azure_fine_tuned_model, azure_model_evaluation,
     ],
     asset_checks=[
-        train_split_has_enough_examples, splits_do_not_overlap, splits_format_valid,
+        train_split_has_enough_examples, splits_do_not_overlap, *SPLIT_FORMAT_CHECKS,
         merged_model_matches_adapter, adapter_beats_base,
     ],
     jobs=[main_job, data_job, azure_job],

@@ -152,3 +152,36 @@ def test_dagster_validates_the_workspace():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("selection", ["train_split", "*azure_finetune_job"])
+def test_any_asset_runs_alone_or_with_its_upstream(project, selection):
+    """A split alone (its siblings and their checks left out) and an asset with everything upstream both run."""
+    artifacts = str(project / "artifacts")
+    resources = {
+        "artifacts": ArtifactStore(root=artifacts),
+        "io_manager": ArtifactIOManager(root=artifacts),
+        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
+    }
+    ops = {
+        "raw_examples": {"config": {"folder": str(project / "raw")}},
+        "source_documents": {"config": {"folder": str(project / "sources")}},
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert _materialize(project, instance).success
+        keys = dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
+        result = job.execute_in_process(
+            instance=instance, resources=resources, run_config={"ops": ops if selection.startswith("*") else {}}
+        )
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    if selection == "train_split":
+        assert materialized == {"train_split"}
+        checks = {c.check_name for c in result.get_asset_check_evaluations()}
+        assert checks == {"format_valid", "train_split_has_enough_examples"}
+    else:
+        assert {"cleaned_examples", "train_split", "validation_split"} <= materialized
+        assert "test_split" not in materialized, "azure_training_files reads train and validation only"
+        assert "azure_finetune_job" not in materialized, "without credentials the Azure assets skip"

@@ -283,12 +283,13 @@ def _grouping_metadata(grouping: dict[str, Any]) -> dict[str, Any]:
             group_name=GROUP,
             code_version=SPLIT_CODE,
             kinds={"jsonl"},
+            is_required=False,  # a selection of some splits publishes only those
             description=f"The {name} split of cleaned_examples (data.jsonl, training format) with members.parquet: "
             "example id, group, source file and line of every row. Groups never straddle two splits.",
         )
         for name, asset in SPLIT_ASSETS.items()
     },
-    can_subset=False,
+    can_subset=True,
 )
 def splits(
     context: dg.AssetExecutionContext,
@@ -320,6 +321,8 @@ def splits(
         grouping = report["grouping"]
         context.log.info(f"splits: {grouping['groups']} groups; joined by {grouping['joined_by']}")
         for name, asset in SPLIT_ASSETS.items():
+            if asset not in context.selected_output_names:  # a selection of some splits: the others are not published
+                continue
             with artifacts.stage(asset) as staging:
                 shutil.move(Path(scratch, f"{name}.jsonl"), staging / "data.jsonl")
                 shutil.move(Path(scratch, f"{name}.members.parquet"), staging / "members.parquet")
@@ -377,26 +380,20 @@ def splits_do_not_overlap(
     )
 
 
-@dg.multi_asset_check(
-    specs=[
-        dg.AssetCheckSpec(
-            "format_valid", asset=asset, blocking=True, description=f"Every row of {asset} passes validation again."
-        )
-        for asset in SPLIT_ASSETS.values()
-    ],
-    ins={asset: dg.AssetIn(asset) for asset in SPLIT_ASSETS.values()},
-)
-def splits_format_valid(
-    train_split: ArtifactRef, validation_split: ArtifactRef, test_split: ArtifactRef
-) -> Iterator[dg.AssetCheckResult]:
-    """Re-run validation over each split file: no row may be rejected or need a fix."""
-    from ft_assets.dataset.prep import revalidate
+def _format_valid_check(asset: str) -> dg.AssetChecksDefinition:
+    """Return the ``format_valid`` check of one split (one check per split, so any split can be run alone)."""
 
-    for ref in (train_split, validation_split, test_split):
-        report = revalidate(ref.file("data.jsonl"))
-        yield dg.AssetCheckResult(
-            asset_key=ref.asset,
-            check_name="format_valid",
+    @dg.asset_check(
+        asset=asset,
+        name="format_valid",
+        blocking=True,
+        description=f"Every row of {asset} passes validation again, with no reject and no fix.",
+    )
+    def format_valid(split: ArtifactRef) -> dg.AssetCheckResult:
+        from ft_assets.dataset.prep import revalidate
+
+        report = revalidate(split.file("data.jsonl"))
+        return dg.AssetCheckResult(
             passed=report["rejected"] == 0 and not report["fixes"],
             metadata={
                 "rows": report["read"],
@@ -405,3 +402,8 @@ def splits_format_valid(
                 "fixes": dg.MetadataValue.json(report["fixes"]),
             },
         )
+
+    return format_valid
+
+
+SPLIT_FORMAT_CHECKS = [_format_valid_check(asset) for asset in SPLIT_ASSETS.values()]
