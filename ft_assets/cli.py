@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -289,7 +290,17 @@ def sync_command(db: str) -> None:
 
     with dg.DagsterInstance.get() as instance:
         counts = sync(instance, db)
-    click.echo(f"recorded {counts['materializations']} materializations into {db}")
+    if not counts["materializations"]:
+        home = os.environ.get("DAGSTER_HOME", "(unset)")
+        raise click.ClickException(
+            f"no materialization found in the event log of DAGSTER_HOME={home}: run it from the project folder "
+            "with DAGSTER_HOME set to the folder of dagster.yaml (its relative paths resolve against the working "
+            "directory)"
+        )
+    click.echo(
+        f"recorded {counts['materializations']} materializations, {counts['evaluations']} evaluation rows, "
+        f"{counts['predictions']} predictions and {counts['fine_tune_metrics']} fine-tune metric rows into {db}"
+    )
     if counts["members_missing"]:
         click.echo(f"warning: {counts['members_missing']} members files no longer exist", err=True)
 

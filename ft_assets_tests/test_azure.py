@@ -129,6 +129,11 @@ def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
         assert metadata["fine_tuned_model"].value.startswith("gpt-4o-mini")
         assert metadata["steps"].value == 6
         assert "![Azure fine-tuning loss](data:image/png;base64," in metadata["loss_curve"].value
+        from ft_assets.lineage.sync import sync
+
+        assert sync(instance, project / "rebuilt.duckdb")["fine_tune_metrics"] == 6
+    with connect(project / "rebuilt.duckdb", read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM fine_tune_metrics").fetchone()[0] == 6
     db = project / "lineage.duckdb"
     with connect(db, read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM fine_tune_metrics").fetchone()[0] == 6

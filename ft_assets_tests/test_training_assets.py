@@ -78,11 +78,11 @@ def first_run(project):
     with dg.DagsterInstance.ephemeral() as instance:
         result = _run(project, instance)
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
-        yield result, logs
+        yield result, logs, instance
 
 
 def test_main_job_trains_merges_and_evaluates(first_run):
-    result, logs = first_run
+    result, logs, _ = first_run
     assert result.success
     metadata = _metadata(result)
     assert set(metadata) == LOCAL_ASSETS
@@ -170,3 +170,19 @@ def test_a_training_failure_names_its_cause(project):
     assert failure is not None
     assert "training failed: TrainingError: QLoRA" in failure.error.message
     assert "needs a CUDA GPU" in failure.error.message
+
+
+def test_lineage_sync_restores_evaluations_and_predictions(first_run, project, tmp_path):
+    import duckdb
+
+    from ft_assets.lineage.sync import sync
+
+    db = tmp_path / "rebuilt.duckdb"
+    counts = sync(first_run[2], db)
+    with duckdb.connect(str(project / "lineage.duckdb"), read_only=True) as original:
+        expected = [original.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evaluations", "predictions")]
+    with duckdb.connect(str(db), read_only=True) as rebuilt:
+        restored = [rebuilt.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evaluations", "predictions")]
+        rows = rebuilt.execute("SELECT DISTINCT main_metric FROM evaluations").fetchall()
+    assert restored == expected and expected[0] == 4 and counts["predictions"] == expected[1]
+    assert rows == [("exact_match",)]
