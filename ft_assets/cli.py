@@ -241,7 +241,9 @@ def _one_line(text: str | None, width: int = 60) -> str:
 @main.command(name="eval")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--predictions", "model", default=None, help="Show MODEL's predictions next to the references.")
-@click.option("--worst", type=int, default=None, help="With --predictions: only the N lowest-scoring examples.")
+@click.option(
+    "--worst", type=click.IntRange(min=1), default=None, help="With --predictions: only the N lowest-scoring examples."
+)
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
 def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -> None:
     """Show the latest evaluation table (every model on the newest test split version), or one model's predictions."""

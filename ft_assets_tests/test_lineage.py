@@ -249,3 +249,28 @@ def test_parse_location_and_match_file():
     assert queries.match_file("y.jsonl", recorded) == ["data/raw/y.jsonl"]
     assert queries.match_file("w/y.jsonl", recorded) == []
     assert queries.match_file("examples.jsonl", recorded) == ["synthetic_examples/examples.jsonl"]
+
+
+def test_eval_reads_a_database_written_before_main_metrics_existed(tmp_path):
+    import duckdb
+
+    from ft_assets.lineage.queries import latest_evaluations, predictions
+
+    db = tmp_path / "old.duckdb"
+    with duckdb.connect(str(db)) as connection:
+        connection.execute(
+            "CREATE TABLE evaluations (model VARCHAR NOT NULL, model_version VARCHAR NOT NULL, "
+            "test_split_version VARCHAR NOT NULL, provider VARCHAR NOT NULL, n INTEGER NOT NULL, exact_match DOUBLE, "
+            "field_accuracy VARCHAR, token_accuracy DOUBLE, loss DOUBLE, perplexity DOUBLE, latency_p50_ms DOUBLE, "
+            "latency_p95_ms DOUBLE, output_tokens_mean DOUBLE, cost_per_1k_requests_usd DOUBLE, "
+            "evaluated_by VARCHAR NOT NULL, evaluation_version VARCHAR NOT NULL, run_id VARCHAR NOT NULL, "
+            "created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (model, model_version, test_split_version))"
+        )
+        connection.execute(
+            "INSERT INTO evaluations VALUES ('lora_adapter', 'v1', 't1', 'local', 5, 0.6, '{}', NULL, NULL, NULL, "
+            "1.0, 2.0, 3.0, NULL, 'evaluation_table', 'e1', 'r1', now())"
+        )
+    rows = latest_evaluations(db)
+    assert rows[0]["main_metric"] == "exact_match" and rows[0]["main_score"] == 0.6
+    assert rows[0]["metrics"] == {"exact_match": 0.6}
+    assert predictions(db, "lora") == []

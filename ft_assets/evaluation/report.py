@@ -56,6 +56,7 @@ def score_model(answered: Answered, golds: Sequence[str], task: str, *, samples:
     metrics = summarize(per_example)
     main = MAIN_METRIC[task]
     low, high = bootstrap_ci(per_example[main], samples=samples, seed=seed)
+    latencies = [s for s in answered.latencies_s if math.isfinite(s)]  # cached or failed requests have none
     row = {
         "model": answered.model,
         "model_version": answered.model_version,
@@ -69,8 +70,8 @@ def score_model(answered: Answered, golds: Sequence[str], task: str, *, samples:
         "metrics": metrics,
         "exact_match": metrics["exact_match"],
         "field_accuracy": {k.removeprefix(FIELD_PREFIX): v for k, v in metrics.items() if k.startswith(FIELD_PREFIX)},
-        "latency_p50_ms": percentile(answered.latencies_s, 50) * 1000,
-        "latency_p95_ms": percentile(answered.latencies_s, 95) * 1000,
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p95_ms": percentile(latencies, 95) * 1000,
         "output_tokens_mean": _mean(answered.output_tokens),
         "prompt_tokens_mean": _mean(answered.prompt_tokens),
         "truncated_share": _mean([float(t) for t in answered.truncated]),

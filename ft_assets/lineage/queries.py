@@ -292,12 +292,19 @@ def _find_id(db: str | Path, example_id: str, versions: int, unmatched_file: str
     return result
 
 
+def _upgrade(db: str | Path) -> None:
+    """Bring a lineage database written by an older version up to the current schema (new columns, tables)."""
+    with connect(db):
+        pass
+
+
 def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
     """Return the evaluation rows of the newest evaluated test split version, best main score first.
 
     Each row has ``main_metric``, ``main_score``, ``ci_low``, ``ci_high`` and ``metrics`` (every
     metric by name), besides latency, tokens and cost.
     """
+    _upgrade(db)
     with connect(db, read_only=True) as connection:
         if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluations'").fetchone()[
             0
@@ -324,7 +331,9 @@ def predictions(db: str | Path, model: str, *, worst: int | None = None) -> list
     """Return the predictions of ``model`` (a name or its start, e.g. ``lora``) on the newest test split it was run on.
 
     With ``worst``, only the ``worst`` lowest-scoring examples, lowest first; else in test order.
+    An exact model name wins over names that start with ``model``; among those, the newest, then by name.
     """
+    _upgrade(db)
     with connect(db, read_only=True) as connection:
         if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'predictions'").fetchone()[
             0
@@ -335,12 +344,12 @@ def predictions(db: str | Path, model: str, *, worst: int | None = None) -> list
             WITH latest AS (
                 SELECT model, model_version, test_split_version FROM evaluations
                 WHERE model = ? OR starts_with(model, ?)
-                ORDER BY created_at DESC LIMIT 1
+                ORDER BY model = ? DESC, created_at DESC, model LIMIT 1
             )
             SELECT p.* FROM predictions p JOIN latest USING (model, model_version, test_split_version)
             ORDER BY CASE WHEN ? THEN p.main_score END ASC NULLS LAST, p.position
             """,
-            [model, model, worst is not None],
+            [model, model, model, worst is not None],
         )
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -273,6 +273,7 @@ def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
                 **{column: row.get(column) for column in PREDICTION_COLUMNS},
                 "scores": json.dumps({k: _finite(v) for k, v in row["scores"].items()}, sort_keys=True),
                 "main_score": _finite(row.get("main_score")),
+                "latency_ms": _finite(row.get("latency_ms")),
             }
             for row in rows
         ]

@@ -42,14 +42,13 @@ def lineage_entries(instance: dg.DagsterInstance) -> Iterator[dict[str, Any]]:
 def _restore_results(db: str | Path, m: Materialization, counts: dict[str, int]) -> None:
     """Re-record the evaluation rows, predictions or fine-tune metrics an artifact folder holds."""
     import json
-    from datetime import UTC, datetime
 
     folder = Path(m.path or "")
     if m.asset in ("evaluation_table", "azure_model_evaluation") and (folder / "evaluations.json").exists():
         stamp = {"test_split_version": dict(m.parents).get("test_split"), "evaluation_version": m.data_version}
         rows = json.loads((folder / "evaluations.json").read_text())
         record_evaluations(db, [{**row, **stamp, "evaluated_by": m.asset, "run_id": m.run_id,
-                                 "created_at": datetime.now(UTC)} for row in rows])  # fmt: skip
+                                 "created_at": m.created_at} for row in rows])  # fmt: skip
         counts["evaluations"] += len(rows)
         predictions = _predictions(folder)
         record_predictions(db, [{**row, **stamp} for row in predictions])

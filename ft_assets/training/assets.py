@@ -380,7 +380,8 @@ def merged_model(
                     "test_split": dg.AssetIn("test_split"), "validation_split": dg.AssetIn("validation_split"),
                     "train_split": dg.AssetIn("train_split")},
     blocking=True,
-    description=f"The merged model reloads with plain transformers, generates an answer, and its logits match "
+    description=f"The merged model reloads with plain transformers and runs generation (its answer is shown), and "
+    f"its logits match "
     f"base + adapter on fixed prompts of the test split (validation, then train, when it is empty) (max abs "
     f"difference <= {PARITY_TOLERANCE} for fp32 weights, {HALF_PRECISION_TOLERANCE} for bf16/fp16 ones, whose "
     f"merged weights are rounded).",
