@@ -31,25 +31,28 @@ def project(tmp_path):
     return tmp_path
 
 
-def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def _resources(project: Path) -> dict:
     artifacts = str(project / "artifacts")
-    job = defs.resolve_job_def("data")
-    return job.execute_in_process(
-        instance=instance,
-        raise_on_error=raise_on_error,
-        resources={
-            "artifacts": ArtifactStore(root=artifacts),
-            "io_manager": ArtifactIOManager(root=artifacts),
-            "lineage": LineageStore(path=str(project / "lineage.duckdb")),
-            "llm": LLMResource(cache_dir=str(project / "llm-cache")),
-        },
-        run_config={
-            "ops": {
-                "raw_examples": {"config": {"folder": str(project / "raw")}},
-                "source_documents": {"config": {"folder": str(project / "sources")}},
-            }
-        },
-    )
+    return {
+        "artifacts": ArtifactStore(root=artifacts),
+        "io_manager": ArtifactIOManager(root=artifacts),
+        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
+    }
+
+
+def _folders(project: Path) -> dict:
+    return {
+        "raw_examples": {"config": {"folder": str(project / "raw")}},
+        "source_documents": {"config": {"folder": str(project / "sources")}},
+    }
+
+
+def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def("data").execute_in_process(
+        instance=instance, raise_on_error=raise_on_error, resources=_resources(project),
+        run_config={"ops": _folders(project)},
+    )  # fmt: skip
 
 
 def _versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
@@ -157,24 +160,12 @@ def test_dagster_validates_the_workspace():
 @pytest.mark.parametrize("selection", ["train_split", "*azure_finetune_job"])
 def test_any_asset_runs_alone_or_with_its_upstream(project, selection):
     """A split alone (its siblings and their checks left out) and an asset with everything upstream both run."""
-    artifacts = str(project / "artifacts")
-    resources = {
-        "artifacts": ArtifactStore(root=artifacts),
-        "io_manager": ArtifactIOManager(root=artifacts),
-        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
-        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
-    }
-    ops = {
-        "raw_examples": {"config": {"folder": str(project / "raw")}},
-        "source_documents": {"config": {"folder": str(project / "sources")}},
-    }
     with dg.DagsterInstance.ephemeral() as instance:
         assert _materialize(project, instance).success
         keys = dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
-        result = job.execute_in_process(
-            instance=instance, resources=resources, run_config={"ops": ops if selection.startswith("*") else {}}
-        )
+        ops = _folders(project) if selection.startswith("*") else {}
+        result = job.execute_in_process(instance=instance, resources=_resources(project), run_config={"ops": ops})
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     if selection == "train_split":

@@ -115,6 +115,8 @@ CREATE TABLE IF NOT EXISTS members (
 """
 
 LOCK_WORDS = ("lock", "conflicting")
+NOT_YET_VALID = "not a valid DuckDB database file"
+CREATION_WAIT_S = 5.0
 
 
 class LineageLockTimeout(RuntimeError):
@@ -175,7 +177,8 @@ def connect(
     The schema is created on first use. The connection is closed on exit; keep the block short.
     """
     path = Path(path)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     delay = 0.01
     while True:
         try:
@@ -185,7 +188,10 @@ def connect(
             connection = duckdb.connect(str(path), read_only=read_only)
             break
         except (duckdb.IOException, duckdb.ConnectionException) as error:
-            if not _is_lock_error(error):
+            # A file another process is creating right now reads as "not a valid DuckDB database" for a
+            # moment: wait for it like for a lock, but not for long (a file that stays invalid is broken).
+            being_created = NOT_YET_VALID in str(error) and time.monotonic() < started + CREATION_WAIT_S
+            if not (_is_lock_error(error) or being_created):
                 raise
             if time.monotonic() > deadline:
                 raise LineageLockTimeout(
