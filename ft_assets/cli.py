@@ -233,11 +233,6 @@ def _print_table(header: list[str], lines: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
-def _one_line(text: str | None, width: int = 60) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 @main.command(name="eval")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--predictions", "model", default=None, help="Show MODEL's predictions next to the references.")
@@ -247,6 +242,7 @@ def _one_line(text: str | None, width: int = 60) -> str:
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
 def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -> None:
     """Show the latest evaluation table (every model on the newest test split version), or one model's predictions."""
+    from ft_assets.evaluation.report import one_line
     from ft_assets.lineage.queries import latest_evaluations, predictions
 
     if not Path(db).exists():
@@ -263,7 +259,8 @@ def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -
             ["#", "example", "score", "reference", "prediction"],
             [
                 [str(r["position"]), str(r["example_id"]), "-" if r["main_score"] is None else f"{r['main_score']:.3f}",
-                 _one_line(r["reference"]), _one_line(r["prediction"]) + (" [truncated]" if r["truncated"] else "")]
+                 one_line(r["reference"], 60),
+                 one_line(r["prediction"], 60) + (" [truncated]" if r["truncated"] else "")]
                 for r in rows
             ],
         )  # fmt: skip

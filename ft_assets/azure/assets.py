@@ -462,7 +462,7 @@ def azure_model_evaluation(
     )
     paired = compare(tuned, [base])
     rows = [tuned.row, base.row]
-    prompts = [next((m["content"] for m in reversed(c.prompt) if m["role"] == "user"), "") for c in cases]
+    prompts = [c.question for c in cases]
     ids = [c.example_id for c in cases]
     predictions = [
         *prediction_rows(tuned_answers, tuned, ids, prompts, golds),

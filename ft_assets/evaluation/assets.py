@@ -162,32 +162,29 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def _short(text: str | None, width: int = 80) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[str, Any]]:
     """Return the lowest-scoring predictions of each model, for the UI."""
-    from ft_assets.evaluation.report import worst_examples
+    from ft_assets.evaluation.report import one_line, worst_examples
 
     rows = []
     for model in dict.fromkeys(p["model"] for p in predictions):
         for p in worst_examples([p for p in predictions if p["model"] == model], per_model):
             rows.append({"model": model, "example_id": p["example_id"], "score": _round(p["main_score"]),
-                         "reference": _short(p["reference"]), "prediction": _short(p["prediction"])})  # fmt: skip
+                         "reference": one_line(p["reference"]), "prediction": one_line(p["prediction"])})  # fmt: skip
     return rows
 
 
 def _side_by_side(predictions: list[dict[str, Any]], count: int = 5) -> list[dict[str, Any]]:
     """Return the base model's and the adapter's answers to the first few test examples."""
+    from ft_assets.evaluation.report import one_line
+
     by_model: dict[str, list[dict[str, Any]]] = {}
     for p in predictions:
         by_model.setdefault(p["model"], []).append(p)
     base, adapter = by_model.get("base_model (zero-shot)", []), by_model.get(ADAPTER, [])
     return [
-        {"example_id": a["example_id"], "reference": _short(a["reference"], 60),
-         "base (zero-shot)": _short(b["prediction"], 60), ADAPTER: _short(a["prediction"], 60)}
+        {"example_id": a["example_id"], "reference": one_line(a["reference"], 60),
+         "base (zero-shot)": one_line(b["prediction"], 60), ADAPTER: one_line(a["prediction"], 60)}
         for b, a in list(zip(base, adapter, strict=False))[:count]
     ]  # fmt: skip
 
@@ -207,7 +204,7 @@ def _evaluate(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ft_assets.evaluation.metrics import detect_task
+    from ft_assets.evaluation.metrics import detect_task, perplexity
     from ft_assets.evaluation.report import Answered, compare, prediction_rows, score_model
     from ft_assets.evaluation.runners import (
         eval_cases,
@@ -234,7 +231,7 @@ def _evaluate(
     task, reason = detect_task(golds, config.task)
     context.log.info(f"evaluation_table: task {task} ({reason})")
     shots = few_shot_examples(read_rows(train.file("data.jsonl")), config.few_shot_examples, config.few_shot_seed)
-    prompts_text = [next((m["content"] for m in reversed(c.prompt) if m["role"] == "user"), "") for c in cases]
+    prompts_text = [case.question for case in cases]
     example_ids = [case.example_id for case in cases]
     _, tokenizer = load_model(base.path)
     budget = min(generation_budget(tokenizer, golds, margin=config.generation_margin, cap=config.max_new_tokens),
@@ -252,7 +249,7 @@ def _evaluate(
         model_scores = score_model(answered, golds, task, samples=config.bootstrap_samples, seed=config.few_shot_seed)
         row = model_scores.row
         row["metrics"] = {**row["metrics"], "token_accuracy": result.token_accuracy, "loss": result.loss}
-        row.update(token_accuracy=result.token_accuracy, loss=result.loss, perplexity=_perplexity(result.loss),
+        row.update(token_accuracy=result.token_accuracy, loss=result.loss, perplexity=perplexity(result.loss),
                    cost_per_1k_requests_usd=None)  # fmt: skip
         context.log.info(
             f"{spec['model']}: {row['main_metric']} {row['main_score']:.3f} "
@@ -321,10 +318,6 @@ def _judge(
     return (
         f"{config.judge_model}: {graded}/{len(grades)} graded, {report.requests_sent} requests, ${report.cost_usd:.4f}"
     )
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
 
 
 def _json_number(value: Any) -> Any:

@@ -43,6 +43,11 @@ def normalize_answer(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").strip().split("\n"))
 
 
+def perplexity(loss: float) -> float:
+    """Return exp(loss), infinite where the loss is unknown or too large to exponentiate."""
+    return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Return the ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
     if not values:

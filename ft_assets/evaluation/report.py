@@ -124,6 +124,12 @@ def compare(
     }
 
 
+def one_line(text: str | None, width: int = 80) -> str:
+    """Return ``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def worst_examples(rows: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """Return the ``count`` lowest-scoring prediction rows (NaN scores last), lowest first."""
     return sorted(rows, key=lambda r: (math.isnan(r["main_score"]), r["main_score"], r["position"]))[:count]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ft_assets.evaluation.metrics import percentile, score_answers
+from ft_assets.evaluation.metrics import percentile, perplexity, score_answers
 from ft_assets.training.chat_rows import UnusableRow, row_messages
 from ft_assets.training.lora import load_base
 
@@ -45,6 +45,11 @@ class EvalCase:
     prompt: Messages
     gold: str
     example_id: str | None = None
+
+    @property
+    def question(self) -> str:
+        """Return the last user turn: what the prediction tables show as the prompt."""
+        return next((m["content"] for m in reversed(self.prompt) if m["role"] == "user"), "")
 
 
 def eval_cases(rows: Sequence[dict[str, Any]], skipped: Counter[str] | None = None) -> list[EvalCase]:
@@ -150,7 +155,7 @@ class LocalResult:
             "field_accuracy": scores.field_accuracy,
             "token_accuracy": self.token_accuracy,
             "loss": self.loss,
-            "perplexity": math.exp(self.loss) if math.isfinite(self.loss) and self.loss < 700 else math.inf,
+            "perplexity": perplexity(self.loss),
             "latency_p50_ms": percentile(self.latencies_s, 50) * 1000,
             "latency_p95_ms": percentile(self.latencies_s, 95) * 1000,
             "output_tokens_mean": sum(self.output_tokens) / len(self.output_tokens) if self.output_tokens else math.nan,
