@@ -1,8 +1,12 @@
 """Immutable, content-addressed artifact folders: ``<root>/<asset>/<data_version>/``.
 
-A materialization writes into a staging folder, which is hashed and renamed into place in
-one step; a folder with the same content already there is reused. Old versions are never
-touched, so every path recorded in lineage stays loadable. No dagster import here.
+A materialization writes into a hidden staging folder, which is hashed and renamed into place
+in one step; a folder with the same content already there is reused. The version hashes what a
+consumer uses; report files (timings, plots, model cards) lie in the folder but are left out of
+it. Old versions are never touched, so every path recorded in lineage stays loadable.
+
+A staging or scratch folder is held by a lock for as long as its writer lives; one whose writer
+died (killed at any line) is swept by the next writer. No dagster import here.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 VERSION_LENGTH = 16
 _BLOCK = 1 << 20
+WORK_PREFIXES = (".staging-", ".scratch-")
+UNLOCKED_SWEEP_AGE_S = 24 * 3600  # without file locks (no fcntl): sweep only what is this old
 
 
 @dataclass(frozen=True)
@@ -43,40 +50,106 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_hash(folder: Path) -> str:
-    """Return a short content hash of a folder: every file's relative path and bytes."""
+def folder_hash(folder: Path, reports: Iterable[str] = ()) -> str:
+    """Return a short content hash of a folder: every file's relative path and bytes, reports left out."""
+    left_out = set(reports)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        name = path.relative_to(folder).as_posix()
+        if name in left_out:
+            continue
+        digest.update(name.encode() + b"\0")
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:VERSION_LENGTH]
 
 
+def _lock(lock_file: Path) -> object | None:
+    """Hold an exclusive lock on ``lock_file`` for as long as the returned handle is open (None without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(lock_file, "a")  # noqa: SIM115 - held open for the folder's lifetime
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _owner_alive(lock_file: Path) -> bool:
+    """Return True when a living process holds ``lock_file`` (or, without fcntl, when it is recent)."""
+    try:
+        import fcntl
+    except ImportError:
+        return lock_file.exists() and time.time() - lock_file.stat().st_mtime < UNLOCKED_SWEEP_AGE_S
+    if not lock_file.exists():
+        return False
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def sweep(folder: Path) -> list[Path]:
+    """Remove staging and scratch folders (and their locks) in ``folder`` whose writer died; return them."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        if not path.name.startswith(WORK_PREFIXES):
+            continue
+        work, lock_file = (path.with_suffix(""), path) if path.suffix == ".lock" else (path, Path(f"{path}.lock"))
+        if work.exists() and path == lock_file:
+            continue  # handled with its folder
+        if _owner_alive(lock_file):
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+        lock_file.unlink(missing_ok=True)
+        removed.append(work)
+    return removed
+
+
 @contextmanager
-def staging(root: str | Path, asset: str) -> Iterator[Path]:
-    """Yield an empty staging folder for ``asset``; it is removed if the block fails."""
-    folder = Path(root) / asset / f".staging-{uuid.uuid4().hex}"
-    folder.mkdir(parents=True)
+def work_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """Yield a new hidden folder in ``parent``, locked while in use, removed when the block ends."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep(parent)
+    folder = parent / f"{prefix}{uuid.uuid4().hex}"
+    lock_file = folder.with_name(folder.name + ".lock")
+    handle = _lock(lock_file)  # locked before the folder exists, so a sweeper never sees it unlocked
+    folder.mkdir()
     try:
         yield folder
     finally:
-        if folder.exists():
-            shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        lock_file.unlink(missing_ok=True)
+        if handle is not None:
+            handle.close()  # type: ignore[attr-defined]
 
 
-def publish(folder: Path, asset: str) -> ArtifactRef:
-    """Move a filled staging folder to its content-addressed place and return its reference."""
-    version = folder_hash(folder)
+@contextmanager
+def staging(root: str | Path, asset: str) -> Iterator[Path]:
+    """Yield an empty staging folder for ``asset``; it is removed after publishing or if the block fails."""
+    with work_folder(Path(root) / asset, ".staging-") as folder:
+        yield folder
+
+
+def publish(folder: Path, asset: str, reports: Iterable[str] = ()) -> ArtifactRef:
+    """Move a filled staging folder to its content-addressed place and return its reference.
+
+    ``reports`` (paths relative to the folder) describe the artifact without being part of what a
+    consumer uses, so they do not change the version; when that version already exists, it is kept.
+    """
+    version = folder_hash(folder, reports)
     final = folder.parent / version
-    if final.exists():
-        shutil.rmtree(folder)
-    else:
+    if not final.exists():
         try:
             os.rename(folder, final)
-        except OSError:
+        except OSError:  # another writer published the same version first
             if not final.exists():
                 raise
-            shutil.rmtree(folder)
     return ArtifactRef(asset=asset, version=version, path=str(final.resolve()))
 
 

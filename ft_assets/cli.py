@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -285,16 +284,20 @@ def sync_command(db: str) -> None:
     """Rebuild the lineage database from the Dagster instance's event log (DAGSTER_HOME)."""
     import dagster as dg
 
-    from ft_assets.lineage.sync import sync
+    from ft_assets.lineage.sync import NoEventLog, dagster_home, sync
 
+    try:
+        home = dagster_home()
+    except NoEventLog as error:
+        raise click.ClickException(str(error)) from error
     with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs_count()
         counts = sync(instance, db)
     if not counts["materializations"]:
-        home = os.environ.get("DAGSTER_HOME", "(unset)")
         raise click.ClickException(
-            f"no materialization found in the event log of DAGSTER_HOME={home}: run it from the project folder "
-            "with DAGSTER_HOME set to the folder of dagster.yaml (its relative paths resolve against the working "
-            "directory)"
+            f"the event log under DAGSTER_HOME={home} holds {runs} runs and no materialization with lineage: "
+            "materialize assets with this DAGSTER_HOME first (dagster dev, or dagster job execute -m "
+            "ft_assets.definitions -j main), or point DAGSTER_HOME at the instance that did"
         )
     click.echo(
         f"recorded {counts['materializations']} materializations, {counts['evaluations']} evaluation rows, "

@@ -32,6 +32,7 @@ from ft_assets.training.assets import (
     merged_model,
     merged_model_matches_adapter,
 )
+from ft_assets.training.process_group import ProcessGroupPipesClient
 
 ARTIFACTS_ROOT = os.environ.get("FT_ASSETS_ARTIFACTS", "data/artifacts")
 LINEAGE_DB = os.environ.get("FT_ASSETS_LINEAGE_DB", "data/lineage.duckdb")
@@ -74,7 +75,7 @@ defs = dg.Definitions(
         "artifacts": ArtifactStore(root=ARTIFACTS_ROOT),
         "lineage": LineageStore(path=LINEAGE_DB),
         "io_manager": ArtifactIOManager(root=ARTIFACTS_ROOT),
-        "pipes_client": dg.PipesSubprocessClient(),
+        "pipes_client": ProcessGroupPipesClient(termination_timeout_seconds=5),
         "training_launcher": TrainingLauncher(),
         "llm": LLMResource.from_environment(cache_dir=os.environ.get("FT_ASSETS_LLM_CACHE", "data/cache/llm")),
     },

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging
-
-POINTER = "latest.json"
+from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging, work_folder
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -28,9 +25,15 @@ class ArtifactStore(dg.ConfigurableResource):
         with staging(self.root, asset) as folder:
             yield folder
 
-    def publish(self, folder: Path, asset: str) -> ArtifactRef:
-        """Hash the staging folder and move it into place."""
-        return publish(folder, asset)
+    @contextmanager
+    def scratch(self, asset: str = "") -> Iterator[Path]:
+        """Yield a hidden scratch folder beside ``asset``'s artifacts (default: the root); removed at the end."""
+        with work_folder(Path(self.root) / asset, ".scratch-") as folder:
+            yield folder
+
+    def publish(self, folder: Path, asset: str, reports: Iterable[str] = ()) -> ArtifactRef:
+        """Hash the staging folder (``reports`` left out of the version) and move it into place."""
+        return publish(folder, asset, reports)
 
     def made_from(self, asset: str, key: str) -> ArtifactRef | None:
         """Return the artifact of ``asset`` already made from the inputs with this key, if any."""
@@ -105,30 +108,41 @@ class LineageStore(dg.ConfigurableResource):
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
-    """Passes ``ArtifactRef``s between assets through a ``latest.json`` pointer per asset."""
+    """Passes ``ArtifactRef``s between assets through the materializations Dagster records.
+
+    An output's reference goes into its materialization metadata; an input is the version its
+    own run made, else the newest version whose checks passed (``ft_assets.upstream``).
+    """
 
     root: str = "data/artifacts"
 
-    def _pointer(self, key: dg.AssetKey) -> Path:
-        return Path(self.root) / "/".join(key.path) / POINTER
-
     def handle_output(self, context: dg.OutputContext, obj: ArtifactRef) -> None:
-        """Point the asset at its newest artifact (atomic replace)."""
-        pointer = self._pointer(context.asset_key)
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        temporary = pointer.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"asset": obj.asset, "version": obj.version, "path": obj.path}))
-        os.replace(temporary, pointer)
+        """Record where the artifact lies in the materialization's metadata."""
+        from ft_assets.upstream import artifact_metadata
+
+        context.add_output_metadata(artifact_metadata(obj))
 
     def load_input(self, context: dg.InputContext) -> ArtifactRef:
-        """Return the newest artifact of the upstream asset, or fail saying what to materialize."""
-        key = context.asset_key
-        pointer = self._pointer(key)
-        if not pointer.exists():
-            raise dg.Failure(f"{key.to_user_string()} has no artifact under {self.root}: materialize it first")
-        ref = ArtifactRef(**json.loads(pointer.read_text()))
+        """Return the upstream artifact this run made, or the newest one that passed its checks."""
+        from ft_assets.upstream import made_in_run, newest_passed
+
+        key, step = context.asset_key, context.step_context
+        instance, run = step.instance, step.dagster_run
+        ref = made_in_run(instance, run.run_id, key)
+        parent = run.parent_run_id
+        while ref is None and parent is not None:  # a re-execution: what its parent runs made
+            ref = made_in_run(instance, parent, key)
+            parent_run = instance.get_run_by_id(parent)
+            parent = parent_run.parent_run_id if parent_run else None
+        if ref is None:
+            ref = newest_passed(instance, key)
+            if ref is None:
+                raise dg.Failure(
+                    f"{key.to_user_string()} has no materialized version whose checks passed: materialize it first"
+                )
         if not Path(ref.path).exists():
             raise dg.Failure(f"artifact folder {ref.path} of {key.to_user_string()} is gone: re-materialize it")
+        context.log.debug(f"{key.to_user_string()}: loading version {ref.version}")
         return ref
 
 

@@ -11,8 +11,12 @@ events, checkpoints; a job moves ``validating_files -> pending -> queued -> runn
 ``job_polls_per_state`` retrievals, or ends ``failed`` when ``fail_jobs_with`` is set, and a succeeded job has a
 ``results.csv`` result file and checkpoints) and non-streaming chat completions whose text comes from a pluggable
 handler. Every request can be delayed (``latency_s``); requests whose route matches ``fault_paths`` (default: chat
-completions) can be answered with seeded-random 429s (with ``Retry-After`` and ``retry-after-ms``), 500s or extra-slow
-replies. Nothing is persisted and the API key never reaches stats or logs.
+completions) can be answered with seeded-random 429s (with ``Retry-After`` and ``retry-after-ms``, or without any),
+500s, dropped connections (the socket closed without a reply) or extra-slow replies. On a POST, a share of the 500s
+and drops (``fault_after_work_share``) comes after the work is done: the file or job exists, the client sees an error.
+Lists are cursor-paginated (``list_pagination="cursor"``), or, like Azure's documented file list, one page without
+``has_more`` that ignores ``after`` (``"none"``), or a page that always says ``has_more`` and ignores ``after``
+(``"repeat"``, a broken service). Nothing is persisted and the API key never reaches stats or logs.
 
 Settings can be changed at runtime with `StandIn.configure` or, from another process, through the admin surface:
 ``GET /_standin/stats``, ``POST /_standin/config`` (JSON body of settings) and ``POST /_standin/reset`` (stats).
@@ -28,6 +32,7 @@ import email.parser
 import email.policy
 import hmac
 import io
+import itertools
 import json
 import random
 import re
@@ -43,12 +48,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 ChatHandler = Callable[[dict], str]
 FaultPaths = Sequence[str] | Callable[[str], bool]
 Reply = tuple[int, dict[str, Any] | bytes, dict[str, str]]
+ListPagination = Literal["cursor", "none", "repeat"]
 
 _ADMIN_PREFIX = "/_standin"
 _JOB_STATES = ("validating_files", "pending", "queued", "running")
@@ -85,6 +91,10 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, str], ...] = tuple(
 _AZURE_DEPLOYMENT = re.compile(r"/deployments/(?P<deployment>[^/]+)(?P<rest>/chat/completions)")
 
 
+class _Drop(Exception):
+    """Close the connection without answering (a dropped connection, as the client sees it)."""
+
+
 class ApiError(Exception):
     """An error answered to the client as ``{"error": {...}}`` with the given HTTP status."""
 
@@ -109,7 +119,10 @@ class Settings:
 
     latency_s: float = 0.0
     fault_429_rate: float = 0.0
+    fault_429_bare_rate: float = 0.0
     fault_500_rate: float = 0.0
+    fault_drop_rate: float = 0.0
+    fault_after_work_share: float = 0.0
     retry_after_s: float = 0.05
     slow_rate: float = 0.0
     slow_s: float = 5.0
@@ -121,6 +134,7 @@ class Settings:
     chat_mode: str = "handler"
     chat_text: str = ""
     fault_paths: FaultPaths = ("/chat/completions",)
+    list_pagination: ListPagination = "cursor"
 
     def public(self) -> dict[str, Any]:
         """Return the JSON-safe settings (no callables)."""
@@ -238,12 +252,18 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
     return fields
 
 
-def _page(items: list[dict[str, Any]], query: dict[str, str], default_limit: int) -> dict[str, Any]:
-    """Cursor-paginate already-ordered items with ``limit`` and ``after`` (an item id)."""
+def _page(
+    items: list[dict[str, Any]], query: dict[str, str], default_limit: int, pagination: ListPagination
+) -> dict[str, Any]:
+    """Cursor-paginate already-ordered items with ``limit`` and ``after`` (an item id), as ``pagination`` says."""
     try:
         limit = int(query.get("limit", default_limit))
     except ValueError as exc:
         raise ApiError(400, "limit must be an integer", param="limit") from exc
+    if pagination == "none":
+        return {"object": "list", "data": items[:limit]}
+    if pagination == "repeat":
+        return {"object": "list", "data": items[:limit], "has_more": True}
     after = query.get("after")
     if after is not None:
         ids = [item["id"] for item in items]
@@ -296,7 +316,10 @@ class StandIn:
         *,
         latency_s: float = 0.0,
         fault_429_rate: float = 0.0,
+        fault_429_bare_rate: float = 0.0,
         fault_500_rate: float = 0.0,
+        fault_drop_rate: float = 0.0,
+        fault_after_work_share: float = 0.0,
         retry_after_s: float = 0.05,
         slow_rate: float = 0.0,
         slow_s: float = 5.0,
@@ -307,6 +330,7 @@ class StandIn:
         chat_handler: ChatHandler | None = None,
         seed: int = 0,
         fault_paths: FaultPaths = ("/chat/completions",),
+        list_pagination: ListPagination = "cursor",
         port: int = 0,
     ) -> None:
         self._api_key = api_key
@@ -315,7 +339,10 @@ class StandIn:
         self._settings = Settings(
             latency_s=latency_s,
             fault_429_rate=fault_429_rate,
+            fault_429_bare_rate=fault_429_bare_rate,
             fault_500_rate=fault_500_rate,
+            fault_drop_rate=fault_drop_rate,
+            fault_after_work_share=fault_after_work_share,
             retry_after_s=retry_after_s,
             slow_rate=slow_rate,
             slow_s=slow_s,
@@ -325,7 +352,10 @@ class StandIn:
             fail_jobs_with=fail_jobs_with,
             chat_handler=chat_handler,
             fault_paths=fault_paths,
+            list_pagination=list_pagination,
         )
+        if list_pagination not in get_args(ListPagination):
+            raise ValueError(f"list_pagination must be one of {get_args(ListPagination)}")
         self._fault_rng = random.Random(seed)
         self._id_rng = random.Random(f"ids:{seed}")
         self._files: dict[str, _File] = {}
@@ -390,6 +420,8 @@ class StandIn:
             raise TypeError(f"unknown StandIn settings: {sorted(unknown)}")
         if settings.get("chat_mode", "handler") not in ("handler", "constant"):
             raise ValueError("chat_mode must be 'handler' or 'constant'")
+        if settings.get("list_pagination", "cursor") not in get_args(ListPagination):
+            raise ValueError(f"list_pagination must be one of {get_args(ListPagination)}")
         with self._lock:
             if "seed" in settings:
                 self._fault_rng.seed(settings.pop("seed"))
@@ -429,7 +461,7 @@ class StandIn:
         return f"{prefix}-{self._id_rng.getrandbits(96):024x}"
 
     def handle(self, method: str, raw_path: str, headers: Message, body: bytes) -> Reply:
-        """Answer one API request: ``(status, JSON object or raw bytes, extra headers)``."""
+        """Answer one API request: ``(status, JSON object or raw bytes, extra headers)``; ``_Drop``: answer nothing."""
         split = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         path = split.path.rstrip("/") or "/"
@@ -445,6 +477,8 @@ class StandIn:
             return self._api(method, path, query, headers, body, settings)
         except ApiError as exc:
             return exc.status, exc.body, exc.headers
+        except _Drop:
+            raise
         except Exception as exc:  # a bug here or in a test's chat_handler: answer 500 and show it
             traceback.print_exc()
             return 500, ApiError(500, f"stand-in failure: {exc!r}", kind="server_error").body, {}
@@ -476,10 +510,14 @@ class StandIn:
                 code="MissingApiVersionParameter",
             )
         self._authenticate(headers, style)
-        if self._matches_fault_paths(template, settings):
-            self._inject_fault(settings)
+        fault = self._draw_fault(method, settings) if self._matches_fault_paths(template, settings) else None
+        if fault is not None and not fault[1]:
+            self._fail(fault[0], settings)
         request = _Request(style, match.groupdict(), query, headers, body, deployment)
-        return getattr(self, handler)(request, settings)
+        reply = getattr(self, handler)(request, settings)
+        if fault is not None:
+            self._fail(fault[0], settings)
+        return reply
 
     def _authenticate(self, headers: Message, style: str) -> None:
         api_key = headers.get("api-key")
@@ -500,39 +538,55 @@ class StandIn:
             return settings.fault_paths(template)
         return any(template.startswith(prefix) for prefix in settings.fault_paths)
 
-    def _inject_fault(self, settings: Settings) -> None:
+    def _draw_fault(self, method: str, settings: Settings) -> tuple[str, bool] | None:
+        """Return the fault to answer with and whether it comes after the work is done, or None."""
+        rates = {
+            "429": settings.fault_429_rate,
+            "429-bare": settings.fault_429_bare_rate,
+            "500": settings.fault_500_rate,
+            "drop": settings.fault_drop_rate,
+            "slow": settings.slow_rate,
+        }
         with self._lock:
             draw = self._fault_rng.random()
-        if draw < settings.fault_429_rate:
-            self._count_fault("429")
-            error = ApiError(
-                429,
-                f"Requests to the deployment have exceeded the rate limit. "
-                f"Please retry after {settings.retry_after_s:g} seconds.",
-                code="429",
-                kind="requests",
+            bounds = dict(zip(rates, itertools.accumulate(rates.values()), strict=True))
+            kind = next((name for name, bound in bounds.items() if draw < bound), None)
+            if kind is None:
+                return None
+            after = kind in ("500", "drop") and method == "POST" and settings.fault_after_work_share > 0
+            after = after and self._fault_rng.random() < settings.fault_after_work_share
+            self._faults[f"{kind}-after-work" if after else kind] += 1
+        return kind, after
+
+    @staticmethod
+    def _fail(kind: str, settings: Settings) -> None:
+        """Raise the fault ``kind`` (``slow`` only waits)."""
+        if kind == "slow":
+            time.sleep(settings.slow_s)
+            return
+        if kind == "drop":
+            raise _Drop
+        if kind == "500":
+            raise ApiError(
+                500, "The server had an error while processing your request. Sorry about that!", kind="server_error"
             )
+        error = ApiError(
+            429,
+            f"Requests to the deployment have exceeded the rate limit. "
+            f"Please retry after {settings.retry_after_s:g} seconds.",
+            code="429",
+            kind="requests",
+        )
+        if kind == "429":
             error.headers = {
                 "Retry-After": f"{settings.retry_after_s:g}",
                 "retry-after-ms": f"{settings.retry_after_s * 1000:g}",
             }
-            raise error
-        if draw < settings.fault_429_rate + settings.fault_500_rate:
-            self._count_fault("500")
-            raise ApiError(
-                500, "The server had an error while processing your request. Sorry about that!", kind="server_error"
-            )
-        if draw < settings.fault_429_rate + settings.fault_500_rate + settings.slow_rate:
-            self._count_fault("slow")
-            time.sleep(settings.slow_s)
+        raise error
 
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
-
-    def _count_fault(self, kind: str) -> None:
-        with self._lock:
-            self._faults[kind] += 1
 
     def _admin(self, method: str, path: str, body: bytes) -> Reply:
         if (method, path) == ("GET", f"{_ADMIN_PREFIX}/stats"):
@@ -605,7 +659,7 @@ class StandIn:
             items = [f for f in items if f["purpose"] == request.query["purpose"]]
         if request.query.get("order") == "asc":
             items.reverse()
-        return 200, _page(items, request.query, 10_000), {}
+        return 200, _page(items, request.query, 10_000, settings.list_pagination), {}
 
     def _retrieve_file(self, request: _Request, settings: Settings) -> Reply:
         with self._lock:
@@ -673,7 +727,7 @@ class StandIn:
     def _list_jobs(self, request: _Request, settings: Settings) -> Reply:
         with self._lock:
             items = [self._job_json(job) for job in reversed(self._jobs.values())]
-        return 200, _page(items, request.query, 20), {}
+        return 200, _page(items, request.query, 20, settings.list_pagination), {}
 
     def _retrieve_job(self, request: _Request, settings: Settings) -> Reply:
         with self._lock:
@@ -697,12 +751,12 @@ class StandIn:
     def _list_events(self, request: _Request, settings: Settings) -> Reply:
         with self._lock:
             events = list(reversed(self._get_job(request.params["job_id"]).events))
-        return 200, _page(events, request.query, 20), {}
+        return 200, _page(events, request.query, 20, settings.list_pagination), {}
 
     def _list_checkpoints(self, request: _Request, settings: Settings) -> Reply:
         with self._lock:
             checkpoints = list(reversed(self._get_job(request.params["job_id"]).checkpoints))
-        return 200, _page(checkpoints, request.query, 10), {}
+        return 200, _page(checkpoints, request.query, 10, settings.list_pagination), {}
 
     def _event(self, job: _Job, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         job.events.append(
@@ -898,7 +952,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         body = self._read_body()
-        status, payload, headers = self.server.standin.handle(self.command, self.path, self.headers, body)
+        try:
+            status, payload, headers = self.server.standin.handle(self.command, self.path, self.headers, body)
+        except _Drop:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if isinstance(payload, bytes):
             data, content_type = payload, "application/octet-stream"
         else:

@@ -14,6 +14,7 @@ from ft_assets.lineage import queries
 from ft_assets.lineage.store import connect
 from ft_assets.llm.client import sync_client
 from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
+from ft_assets.upstream import artifact_metadata
 from ft_assets_tests.conftest import ROOT
 from ft_assets_tests.standin import StandIn
 
@@ -51,7 +52,12 @@ def _resources(project: Path, llm: LLMResource) -> dict:
 
 
 def _run(
-    project: Path, llm: LLMResource, instance: dg.DagsterInstance, selection: list[str], **config
+    project: Path,
+    llm: LLMResource,
+    instance: dg.DagsterInstance,
+    selection: list[str],
+    tags: dict[str, str] | None = None,
+    **config,
 ) -> dg.ExecuteInProcessResult:
     ops = {
         "raw_examples": {"config": {"folder": str(project / "raw")}},
@@ -61,7 +67,7 @@ def _run(
     }
     job = defs.get_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(a) for a in selection})
     return job.execute_in_process(
-        instance=instance, resources=_resources(project, llm), raise_on_error=False,
+        instance=instance, resources=_resources(project, llm), raise_on_error=False, tags=tags,
         run_config={"ops": {k: v for k, v in ops.items() if k in selection}},
     )  # fmt: skip
 
@@ -122,8 +128,8 @@ def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
         assert stats.get("POST /openai/files") == 2
 
         request, cursor = _sensor_until_done(instance, llm)
-        assert request.run_key == f"{job_id}:succeeded" and cursor[job_id]
-        model = _run(project, llm, instance, ["azure_fine_tuned_model"])
+        assert request.run_key == f"{job_id}:succeeded:1" and cursor[job_id]
+        model = _run(project, llm, instance, ["azure_fine_tuned_model"], request.tags)
         assert model.success
         metadata = model.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
         assert metadata["fine_tuned_model"].value.startswith("gpt-4o-mini")
@@ -158,20 +164,20 @@ SPLIT_ROWS = [
 ]  # fmt: skip
 
 
-def _publish_split(project: Path, asset: str, lines: list[bytes]) -> None:
-    """Publish a hand-written split artifact and point the IO manager at it (no data step needed)."""
+def _publish_split(project: Path, instance: dg.DagsterInstance, asset: str, lines: list[bytes]) -> None:
+    """Publish a hand-written split artifact and record it as materialized (no data step needed)."""
     store = ArtifactStore(root=str(project / "artifacts"))
     with store.stage(asset) as staging:
         (staging / "data.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
         ref = store.publish(staging, asset)
-    (project / "artifacts" / asset / "latest.json").write_text(json.dumps(ref.__dict__))
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset, metadata=artifact_metadata(ref)))
 
 
 def test_uploaded_files_keep_weights_and_drop_example_ids(project):
     lines = [json.dumps(row).encode() for row in SPLIT_ROWS]
-    _publish_split(project, "train_split", lines)
-    _publish_split(project, "validation_split", lines[:1])
     with StandIn(API_KEY) as server, dg.DagsterInstance.ephemeral() as instance:
+        _publish_split(project, instance, "train_split", lines)
+        _publish_split(project, instance, "validation_split", lines[:1])
         llm = _azure_llm(server, project)
         result = _run(project, llm, instance, ["azure_training_files"])
         assert result.success
@@ -191,11 +197,16 @@ def test_a_failing_job_fails_the_model_with_the_service_message(project):
     with StandIn(API_KEY, fail_jobs_with=message) as server, dg.DagsterInstance.ephemeral() as instance:
         llm = _azure_llm(server, project)
         assert _run(project, llm, instance, [*DATA, "azure_training_files", "azure_finetune_job"]).success
-        request, _ = _sensor_until_done(instance, llm)
-        assert request.run_key.endswith(":failed")
-        result = _run(project, llm, instance, ["azure_fine_tuned_model"])
+        request, cursor = _sensor_until_done(instance, llm)
+        assert request.run_key.endswith(":failed:1")
+        result = _run(project, llm, instance, ["azure_fine_tuned_model"], request.tags)
+        context = dg.build_sensor_context(instance=instance, cursor=json.dumps(cursor), resources={"llm": llm})
+        again = azure_finetune_sensor(context)
     assert not result.success
     assert message in result.failure_data_for_node("azure_fine_tuned_model").user_failure_data.description
+    assert not again.run_requests and "not asking again" in again.skip_reason.skip_message, (
+        "a failed job's failure is final"
+    )
 
 
 def test_upload_is_refused_above_the_cost_limit(project):

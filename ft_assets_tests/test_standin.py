@@ -289,6 +289,39 @@ def test_500_and_slow_faults(server: StandIn) -> None:
     assert server.stats()["faults"] == {"500": 1, "slow": 1}
 
 
+def test_bare_429_dropped_connections_and_faults_after_the_work(server: StandIn, tmp_path: Path) -> None:
+    client = azure(server, max_retries=0)
+    server.configure(fault_429_bare_rate=1.0, fault_paths=["/files"])
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.files.list()
+    assert "retry-after" not in caught.value.response.headers and "retry-after-ms" not in caught.value.response.headers
+    server.configure(fault_429_bare_rate=0.0, fault_drop_rate=1.0)
+    with pytest.raises(openai.APIConnectionError):
+        client.files.create(file=training_file(tmp_path), purpose="fine-tune")  # dropped before the work
+    server.configure(fault_after_work_share=1.0)
+    with pytest.raises(openai.APIConnectionError):
+        client.files.create(file=training_file(tmp_path), purpose="fine-tune")  # dropped after the work
+    server.configure(fault_drop_rate=0.0, fault_500_rate=1.0)
+    with pytest.raises(openai.InternalServerError):
+        client.files.create(file=training_file(tmp_path), purpose="fine-tune")
+    server.configure(fault_500_rate=0.0)
+    assert len(client.files.list().data) == 2, "the uploads answered with an error after the work exist"
+    assert server.stats()["faults"] == {"429-bare": 1, "drop": 1, "drop-after-work": 1, "500-after-work": 1}
+
+
+@pytest.mark.parametrize(("pagination", "has_more"), [("none", None), ("repeat", True)])
+def test_lists_that_ignore_after(server: StandIn, tmp_path: Path, pagination: str, has_more: bool | None) -> None:
+    client = azure(server, max_retries=0)
+    ids = [client.files.create(file=training_file(tmp_path), purpose="fine-tune").id for _ in range(3)]
+    server.configure(list_pagination=pagination)
+    first = client.files.list(limit=2)
+    again = client.files.list(limit=2, after=first.data[-1].id)
+    assert [f.id for f in first.data] == [f.id for f in again.data] == ids[::-1][:2]
+    assert first.has_more is has_more
+    with pytest.raises(ValueError, match="list_pagination"):
+        server.configure(list_pagination="pages")
+
+
 def test_async_clients_run_concurrently(tmp_path: Path) -> None:
     async def scenario(server: StandIn) -> float:
         clients = [

@@ -172,17 +172,23 @@ def test_a_training_failure_names_its_cause(project):
     assert "needs a CUDA GPU" in failure.error.message
 
 
-def test_lineage_sync_restores_evaluations_and_predictions(first_run, project, tmp_path):
+def test_lineage_sync_restores_every_table_with_the_same_row_counts(first_run, project, tmp_path):
     import duckdb
 
     from ft_assets.lineage.sync import sync
 
     db = tmp_path / "rebuilt.duckdb"
     counts = sync(first_run[2], db)
-    with duckdb.connect(str(project / "lineage.duckdb"), read_only=True) as original:
-        expected = [original.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evaluations", "predictions")]
+
+    def row_counts(path: Path) -> dict[str, int]:
+        with duckdb.connect(str(path), read_only=True) as connection:
+            tables = [row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+            return {t: connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sorted(tables)}
+
+    expected, restored = row_counts(project / "lineage.duckdb"), row_counts(db)
+    assert restored == expected
+    assert set(expected) >= {"materializations", "edges", "members", "evaluations", "predictions", "fine_tune_metrics"}
+    assert expected["evaluations"] == 4 and counts["predictions"] == expected["predictions"] > 0
     with duckdb.connect(str(db), read_only=True) as rebuilt:
-        restored = [rebuilt.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("evaluations", "predictions")]
         rows = rebuilt.execute("SELECT DISTINCT main_metric FROM evaluations").fetchall()
-    assert restored == expected and expected[0] == 4 and counts["predictions"] == expected[1]
     assert rows == [("exact_match",)]

@@ -5,7 +5,9 @@ with a message naming the environment variables to set. No run waits for a job: 
 creates (or finds) the job and returns; ``azure_finetune_sensor`` looks at it every minute,
 streams its events into the sensor's log, and asks for ``azure_fine_tuned_model`` once the
 job has finished, which records the model, its metrics and checkpoints, or fails with the
-service's own message.
+service's own message. A failed run of a succeeded job's model is asked for again (runs are
+tagged with the job; ``MODEL_RUN_ATTEMPTS`` in all). Calls to the service are retried as each
+asset's ``retry_*`` config says (``RetryConfig``).
 """
 
 import json
@@ -13,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -23,15 +25,43 @@ from ft_assets.code_versions import source_version
 from ft_assets.metadata import image, markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
+if TYPE_CHECKING:
+    from ft_assets.azure.finetune import Retry
+
 GROUP = "azure"
-AZURE_CODE = source_version("ft_assets.azure.finetune", "ft_assets.azure.assets")
+FILES_CODE = source_version(__name__, "azure_training_files")
+JOB_CODE = source_version(__name__, "azure_finetune_job")
+MODEL_CODE = source_version(__name__, "azure_fine_tuned_model")
+EVALUATION_CODE = source_version(__name__, "azure_model_evaluation")
 # US dollars per million training tokens. The reference notes disagree (one gives $0.30 for gpt-4o-mini, another
 # $0.008 per 1K = $8 per 1M for gpt-3.5-turbo); a cost guard must not under-estimate, so these are the higher list
 # prices. Override them per asset with price_per_1m_training_tokens.
 TRAINING_PRICES_PER_1M = {"gpt-4o-mini": 3.00, "gpt-4o": 25.00, "gpt-35-turbo": 8.00, "gpt-3.5-turbo": 8.00}
 
 
-class TrainingFilesConfig(dg.Config):
+# Runs of azure_fine_tuned_model the sensor asks for per succeeded job before it gives up on that job.
+MODEL_RUN_ATTEMPTS = 3
+JOB_TAG = "ft_assets/azure_job"
+
+
+class RetryConfig(dg.Config):
+    """How calls to the service are retried (429s, 5xx, timeouts, dropped connections)."""
+
+    retry_attempts: int = Field(8, ge=1, description="Attempts per call, the first included.")
+    retry_base_s: float = Field(1.0, ge=0, description="First backoff wait; doubled per attempt, jittered.")
+    retry_cap_s: float = Field(30.0, ge=0, description="Longest backoff wait (a Retry-After is honoured).")
+
+    def retry(self) -> "Retry":
+        """Return the ``Retry`` these settings describe."""
+        from ft_assets.azure.finetune import Retry
+
+        return Retry(attempts=self.retry_attempts, base_s=self.retry_base_s, cap_s=self.retry_cap_s)
+
+
+RETRY_FIELDS = tuple(RetryConfig.model_fields)
+
+
+class TrainingFilesConfig(RetryConfig):
     """Cost guard of the upload."""
 
     model: str = Field("gpt-4o-mini-2024-07-18", description="Base model to be fine-tuned (sets the price).")
@@ -41,7 +71,7 @@ class TrainingFilesConfig(dg.Config):
     max_tokens_per_example: int = Field(65_536, description="Tokens of an example beyond this are not trained on.")
 
 
-class FineTuneJobConfig(dg.Config):
+class FineTuneJobConfig(RetryConfig):
     """The fine-tuning job."""
 
     model: str = Field("gpt-4o-mini-2024-07-18", description="Base model (Azure: a fine-tunable model version).")
@@ -70,10 +100,13 @@ def _configured(context: dg.AssetExecutionContext, llm: LLMResource, asset: str)
 
 
 def _client(context: dg.AssetExecutionContext, llm: LLMResource, asset: str) -> Any | None:
-    """Return an openai client (close it after use), or None when no credentials are set."""
+    """Return an openai client (close it after use), or None when no credentials are set.
+
+    The client does not retry: ``ft_assets.azure.finetune.Retry`` does, and never re-sends a create blindly.
+    """
     from ft_assets.llm.client import sync_client
 
-    return sync_client(llm.client_settings(), max_retries=5) if _configured(context, llm, asset) else None
+    return sync_client(llm.client_settings(), max_retries=0) if _configured(context, llm, asset) else None
 
 
 def known_training_price(model: str, override: float | None) -> float | None:
@@ -94,7 +127,7 @@ def training_price(model: str, override: float | None) -> float:
 
 @dg.asset(
     group_name=GROUP,
-    code_version=AZURE_CODE,
+    code_version=FILES_CODE,
     kinds={"azure", "openai"},
     output_required=False,
     description="train_split and validation_split uploaded for fine-tuning (purpose fine-tune) and processed by the "
@@ -140,7 +173,7 @@ def azure_training_files(
                     continue
                 name_of = file_name(name, split.version)
                 path = service_file(split.file("data.jsonl"), Path(scratch) / name_of)
-                file_id, new = upload(client, path, name_of, log=context.log.info)
+                file_id, new = upload(client, path, name_of, retry=config.retry(), log=context.log.info)
                 uploaded[name] = {"file_id": file_id, "name": name_of, "uploaded_now": new}
     except FineTuneError as error:
         raise dg.Failure(f"azure_training_files: {error}") from error
@@ -167,7 +200,7 @@ def azure_training_files(
 
 @dg.asset(
     group_name=GROUP,
-    code_version=AZURE_CODE,
+    code_version=JOB_CODE,
     kinds={"azure", "openai"},
     output_required=False,
     description="The fine-tuning job for the uploaded files: created once (a retry or a restarted run finds the job "
@@ -201,14 +234,17 @@ def azure_finetune_job(
             f"azure_finetune_job: estimated training cost ${cost:.2f} ({config.model}, {epochs} epochs) is above "
             f"max_training_cost_usd ${config.max_training_cost_usd}: raise the limit or train on less data"
         )
+    job_config = config.model_dump(exclude=set(RETRY_FIELDS))
     guard = ("price_per_1m_training_tokens", "max_training_cost_usd")
-    settings = JobSettings(**{k: v for k, v in config.model_dump().items() if k not in guard})
+    settings = JobSettings(**{k: v for k, v in job_config.items() if k not in guard})
     try:
         with client:
-            job, created = find_or_create_job(client, settings, training, validation, log=context.log.info)
+            job, created = find_or_create_job(
+                client, settings, training, validation, retry=config.retry(), log=context.log.info
+            )
     except openai.APIStatusError as error:
         raise dg.Failure(f"azure_finetune_job: the service refused the job: {error.message}") from error
-    record = {"job_id": job.id, "key": job_key(settings, training, validation), "settings": config.model_dump(),
+    record = {"job_id": job.id, "key": job_key(settings, training, validation), "settings": job_config,
               "training_file": training, "validation_file": validation}  # fmt: skip
     with artifacts.stage("azure_finetune_job") as staging:
         (staging / "job.json").write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -229,7 +265,7 @@ def azure_finetune_job(
 
 @dg.asset(
     group_name=GROUP,
-    code_version=AZURE_CODE,
+    code_version=MODEL_CODE,
     kinds={"azure", "openai"},
     output_required=False,
     description="The fine-tuned model of a finished job (materialized by azure_finetune_sensor): its id, per-step "
@@ -238,6 +274,7 @@ def azure_finetune_job(
 )
 def azure_fine_tuned_model(
     context: dg.AssetExecutionContext,
+    config: RetryConfig,
     azure_finetune_job: ArtifactRef,
     llm: LLMResource,
     artifacts: ArtifactStore,
@@ -251,15 +288,16 @@ def azure_fine_tuned_model(
     if client is None:
         return
     job_id = json.loads(azure_finetune_job.file("job.json").read_text())["job_id"]
+    retry = config.retry()
     with client:
-        update = follow(client, job_id, None)
+        update = follow(client, job_id, None, retry, context.log.info)
         failure = update.failure()
         if failure:
             raise dg.Failure(f"azure_fine_tuned_model: {failure}")
         if not update.finished:
             context.log.info(f"azure_fine_tuned_model: job {job_id} is {update.job.status}; the sensor will come back")
             return
-        metrics, checkpoints = results(client, update.job)
+        metrics, checkpoints = results(client, update.job, retry, context.log.info)
     model = {"fine_tuned_model": update.job.fine_tuned_model, "job_id": job_id, "base_model": update.job.model,
              "trained_tokens": update.job.trained_tokens}  # fmt: skip
     with artifacts.stage("azure_fine_tuned_model") as staging:
@@ -295,11 +333,12 @@ def azure_fine_tuned_model(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Follows the latest Azure fine-tuning job: streams its new events into this sensor's log and "
-    "materializes azure_fine_tuned_model once the job has finished (succeeded, failed or cancelled).",
+    "materializes azure_fine_tuned_model once the job has finished (succeeded, failed or cancelled). A run of "
+    f"a succeeded job's model that failed is asked for again, {MODEL_RUN_ATTEMPTS} runs in all.",
 )
 def azure_finetune_sensor(context: dg.SensorEvaluationContext, llm: LLMResource) -> dg.SensorResult | dg.SkipReason:
-    """Look at the job once; ask for the model when it is done."""
-    from ft_assets.azure.finetune import follow
+    """Look at the job once; ask for the model when it is done, and again after a failed run."""
+    from ft_assets.azure.finetune import Retry, follow
     from ft_assets.llm.client import CREDENTIAL_VARIABLES, sync_client
 
     settings = llm.client_settings()
@@ -311,20 +350,40 @@ def azure_finetune_sensor(context: dg.SensorEvaluationContext, llm: LLMResource)
         return dg.SkipReason("no fine-tuning job has been created yet")
     job_id = str(materialization.metadata["job_id"].value)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    with sync_client(settings, max_retries=3) as client:
-        update = follow(client, job_id, cursor.get(job_id))
+    with sync_client(settings, max_retries=0) as client:
+        update = follow(client, job_id, cursor.get(job_id), Retry(attempts=3), context.log.info)
     for job_event in update.events:
         context.log.info(f"{job_id} [{job_event.level}] {job_event.message}")
     cursor[job_id] = update.cursor
     if not update.finished:
         return dg.SensorResult(skip_reason=f"job {job_id} is {update.job.status}", cursor=json.dumps(cursor))
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"{job_id}:{update.job.status}", asset_selection=[dg.AssetKey("azure_fine_tuned_model")]
-            )
-        ],
-        cursor=json.dumps(cursor),
+    request = _model_request(context, job_id, update.job.status)
+    if isinstance(request, str):
+        return dg.SensorResult(skip_reason=request, cursor=json.dumps(cursor))
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
+
+
+def _model_request(context: dg.SensorEvaluationContext, job_id: str, status: str) -> dg.RunRequest | str:
+    """Return the run request of a finished job's model, or why none is made (runs tagged with the job count)."""
+    runs = context.instance.get_runs(dg.RunsFilter(tags={JOB_TAG: job_id}))
+    if any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs):
+        return f"job {job_id} is {status}; its model is recorded"
+    if any(not run.is_finished for run in runs):
+        return f"job {job_id}: a run of azure_fine_tuned_model is in progress"
+    failed = sum(run.status == dg.DagsterRunStatus.FAILURE for run in runs)
+    # A failed or cancelled job fails its model run with the service's message: asking again changes nothing.
+    allowed = MODEL_RUN_ATTEMPTS if status == "succeeded" else 1
+    if failed >= allowed:
+        message = f"job {job_id} is {status}; azure_fine_tuned_model failed {failed} time(s), not asking again"
+        context.log.warning(message)
+        return message
+    if failed:
+        context.log.info(f"job {job_id}: azure_fine_tuned_model failed {failed} time(s); asking again "
+                         f"(run {failed + 1} of {allowed})")  # fmt: skip
+    return dg.RunRequest(
+        run_key=f"{job_id}:{status}:{failed + 1}",
+        asset_selection=[dg.AssetKey("azure_fine_tuned_model")],
+        tags={JOB_TAG: job_id},
     )
 
 
@@ -381,7 +440,7 @@ def _api_scores(
 
 @dg.asset(
     group_name="evaluation",
-    code_version=AZURE_CODE,
+    code_version=EVALUATION_CODE,
     kinds={"azure", "openai"},
     output_required=False,
     description="The deployed fine-tuned model and the prompted (few-shot) base model answer test_split through the "

@@ -3,12 +3,20 @@
 - ``estimate``: billed training tokens and cost before anything is uploaded (the OpenAI cookbook's
   epoch rule: 3 epochs, more for small sets, fewer for huge ones; tokens per example capped);
 - ``service_file``: a split as the service takes it: each row without its top-level ``id``;
-- ``upload``: idempotent: a file is named after its content hash and an already processed file
+- ``upload``: idempotent: a file is named after its content hash and an already uploaded file
   with that name is reused, so a restarted run uploads nothing twice;
 - ``find_or_create_job``: idempotent: a job created earlier for the same files and parameters
   (tagged with their hash) is found and reused instead of creating a second one;
 - ``follow``: one short look at a job (status, new events since a cursor), for a sensor;
 - ``results``: the job's ``results.csv`` parsed into per-step metrics, and its checkpoints.
+
+Every call goes through ``Retry`` (build the client with ``max_retries=0``; creates never use its retries):
+429s, 5xx, timeouts and dropped connections are retried a bounded number of times, after the
+``Retry-After`` the service asked for or a capped, jittered exponential backoff. A create that
+failed where the service may still have done it (a 5xx, a dropped connection) is never re-sent
+blindly: the files or jobs are listed again first. Lists are read page by page (``list_items``):
+the next page is asked for only while ``has_more`` is true, a page of ids already seen ends the
+list, and so does ``MAX_LIST_PAGES``; Azure's file list, without ``has_more``, is one page.
 """
 
 from __future__ import annotations
@@ -17,14 +25,15 @@ import csv
 import hashlib
 import io
 import json
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ft_assets.dataset.text import estimate_tokens
-from ft_assets.llm.calls import is_retryable
+from ft_assets.llm.calls import is_retryable, retry_after_s
 
 Log = Callable[[str], None]
 TARGET_EPOCHS = 3
@@ -33,8 +42,8 @@ MAX_TARGET_EXAMPLES = 25_000
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 TERMINAL = {"succeeded", "failed", "cancelled"}
-# A create that timed out may still have happened: never let the client re-send it blindly.
-CREATE_ATTEMPTS = 4
+# Pages read from one list at most: a service that keeps saying has_more (or repeats itself) cannot loop us.
+MAX_LIST_PAGES = 50
 KEY_FIELD = "ft_assets_key"
 # Top-level keys of a split row that the fine-tuning file format has no place for (``id``: the example id).
 LOCAL_ONLY_KEYS = ("id",)
@@ -42,6 +51,79 @@ LOCAL_ONLY_KEYS = ("id",)
 
 class FineTuneError(RuntimeError):
     """The service refused or failed the work; the message carries the service's own words."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a call that may succeed later is retried: ``attempts`` in all, waiting between them.
+
+    The wait is the service's ``Retry-After`` (at most ``max_retry_after_s``), else a random
+    ``base_s * 2**(n-1)`` times 0.5-1, capped at ``cap_s``.
+    """
+
+    attempts: int = 8
+    base_s: float = 1.0
+    cap_s: float = 30.0
+    max_retry_after_s: float = 120.0
+
+    def wait_s(self, attempt: int, error: Exception) -> float:
+        """Return how long to wait after failed attempt number ``attempt`` (from 1)."""
+        asked = retry_after_s(error)
+        if asked is not None:
+            return min(max(asked, 0.0), self.max_retry_after_s)
+        return min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+    def call(self, what: str, log: Log, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Return ``function(*args, **kwargs)``, retrying errors that may pass (``is_retryable``)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                if not is_retryable(error) or attempt >= self.attempts:
+                    raise
+                self.pause(what, log, attempt, error)
+
+    def pause(self, what: str, log: Log, attempt: int, error: Exception) -> None:
+        """Log the failed attempt and wait before the next one."""
+        wait = self.wait_s(attempt, error)
+        log(f"{what}: {_describe(error)} (attempt {attempt}/{self.attempts}); retrying in {wait:.2f} s")
+        time.sleep(wait)
+
+
+def _describe(error: Exception) -> str:
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__} {status}" if status is not None else type(error).__name__
+
+
+def may_have_happened(error: Exception) -> bool:
+    """Return whether the service may have done a request that failed with ``error`` (all but a 429 refusal)."""
+    return getattr(error, "status_code", None) != 429
+
+
+def list_items(list_page: Callable[..., Any], retry: Retry, log: Log, what: str, **params: Any) -> Iterator[Any]:
+    """Yield the items of a cursor-paginated list, page by page, each page fetched with ``retry``.
+
+    The next page (``after`` the last id) is asked for only while a page says ``has_more: true``;
+    a page that brings no id not already seen ends the list, and so does ``MAX_LIST_PAGES``
+    (with a log line), so a service that ignores ``after`` is read once, not forever.
+    """
+    seen: set[str] = set()
+    page = retry.call(what, log, list_page, **params)
+    for number in range(1, MAX_LIST_PAGES + 1):
+        new = [item for item in page.data or [] if item.id not in seen]
+        if page.data and not new:
+            log(f"{what}: page {number} repeats ids already seen; the service ignores 'after', stopping")
+            return
+        seen.update(item.id for item in new)
+        yield from new
+        if page.has_more is not True or not new:
+            return
+        if number == MAX_LIST_PAGES:
+            log(f"{what}: stopped after {MAX_LIST_PAGES} pages ({len(seen)} items); the rest is not read")
+            return
+        page = retry.call(what, log, list_page, **{**params, "after": new[-1].id})
 
 
 @dataclass(frozen=True)
@@ -129,10 +211,10 @@ def file_name(split: str, version: str) -> str:
     return f"ft-assets-{split}-{version}.jsonl"
 
 
-def _processed(client: Any, file_id: str, log: Log, poll_s: float, timeout_s: float) -> Any:
+def _processed(client: Any, file_id: str, retry: Retry, log: Log, poll_s: float, timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
-        uploaded = client.files.retrieve(file_id)
+        uploaded = retry.call(f"file {file_id}", log, client.files.retrieve, file_id)
         if uploaded.status == "processed":
             return uploaded
         if uploaded.status in ("error", "deleted"):
@@ -145,33 +227,43 @@ def _processed(client: Any, file_id: str, log: Log, poll_s: float, timeout_s: fl
 
 
 def upload(
-    client: Any, path: Path, name: str, *, log: Log = print, poll_s: float = 2.0, timeout_s: float = 600.0
+    client: Any,
+    path: Path,
+    name: str,
+    *,
+    retry: Retry = Retry(),
+    log: Log = print,
+    poll_s: float = 2.0,
+    timeout_s: float = 600.0,
 ) -> tuple[str, bool]:
-    """Upload ``path`` as ``name`` for fine-tuning unless a processed file of that name exists; wait until processed.
+    """Upload ``path`` as ``name`` for fine-tuning unless a file of that name exists; wait until processed.
 
-    Returns (file id, whether it was uploaded now).
+    An upload that failed where it may have arrived (5xx, dropped connection) is looked for before it is
+    sent again; one refused with a 429 is sent again after the wait. Returns (file id, whether uploaded now).
     """
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        existing = _uploaded(client, name)
+    existing = _uploaded(client, name, retry, log)
+    attempt = 0
+    while True:
+        attempt += 1
         if existing is not None:
             log(f"{name}: already uploaded as {existing.id}")
-            return _processed(client, existing.id, log, poll_s, timeout_s).id, False
+            return _processed(client, existing.id, retry, log, poll_s, timeout_s).id, False
         try:
             with open(path, "rb") as handle:
                 created = client.with_options(max_retries=0).files.create(file=(name, handle), purpose="fine-tune")
         except Exception as error:
-            if not is_retryable(error) or attempt == CREATE_ATTEMPTS:
+            if not is_retryable(error) or attempt >= retry.attempts:
                 raise
-            log(f"{name}: upload interrupted ({type(error).__name__}); checking whether it arrived")
-            time.sleep(poll_s)
+            retry.pause(f"{name}: upload", log, attempt, error)
+            if may_have_happened(error):
+                existing = _uploaded(client, name, retry, log)
             continue
         log(f"{name}: uploaded as {created.id}")
-        return _processed(client, created.id, log, poll_s, timeout_s).id, True
-    raise FineTuneError(f"{name}: could not be uploaded")
+        return _processed(client, created.id, retry, log, poll_s, timeout_s).id, True
 
 
-def _uploaded(client: Any, name: str) -> Any | None:
-    for existing in client.files.list(purpose="fine-tune"):
+def _uploaded(client: Any, name: str, retry: Retry, log: Log) -> Any | None:
+    for existing in list_items(client.files.list, retry, log, "listing files", purpose="fine-tune"):
         if existing.filename == name and existing.status not in ("error", "deleted"):
             return existing
     return None
@@ -202,44 +294,61 @@ def job_request(settings: JobSettings, training_file: str, validation_file: str 
 
 
 def find_job(
-    client: Any, key: str, training_file: str, validation_file: str | None, seed: int, model: str
+    client: Any, settings: JobSettings, training_file: str, validation_file: str | None, retry: Retry, log: Log
 ) -> Any | None:
-    """Return the newest reusable job made for this key (and files); failed or cancelled jobs do not count."""
-    for job in client.fine_tuning.jobs.list(limit=50):
+    """Return the newest reusable job made for these files and settings; failed or cancelled jobs do not count.
+
+    A job tagged with the settings' key matches; on a service that drops metadata, a job with the same
+    files, seed, base model and (when the service reports it) suffix does.
+    """
+    key = job_key(settings, training_file, validation_file)
+    for job in list_items(client.fine_tuning.jobs.list, retry, log, "listing fine-tuning jobs", limit=50):
         metadata = getattr(job, "metadata", None) or {}
         same_files = job.training_file == training_file and job.validation_file == validation_file
         if not same_files or job.status in ("failed", "cancelled"):
             continue
         if metadata.get(KEY_FIELD) == key:
             return job
-        if not metadata and job.seed == seed and job.model.startswith(model.split("-20", maxsplit=1)[0]):
-            return job  # a service that drops metadata: same files, seed and model
+        same_model = job.model.startswith(settings.model.split("-20", maxsplit=1)[0])
+        suffix = getattr(job, "suffix", None)
+        if not metadata and job.seed == settings.seed and same_model and suffix in (None, settings.suffix):
+            return job
     return None
 
 
 def find_or_create_job(
-    client: Any, settings: JobSettings, training_file: str, validation_file: str | None, log: Log = print
+    client: Any,
+    settings: JobSettings,
+    training_file: str,
+    validation_file: str | None,
+    *,
+    retry: Retry = Retry(),
+    log: Log = print,
 ) -> tuple[Any, bool]:
-    """Return (job, created now): the job already made for these files and settings, or a new one."""
-    key = job_key(settings, training_file, validation_file)
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        existing = find_job(client, key, training_file, validation_file, settings.seed, settings.model)
+    """Return (job, created now): the job already made for these files and settings, or a new one.
+
+    A create that failed where the job may exist anyway (5xx, dropped connection) is followed by
+    another look at the jobs before it is sent again, so the service ends up with one job.
+    """
+    existing = find_job(client, settings, training_file, validation_file, retry, log)
+    attempt = 0
+    while True:
+        attempt += 1
         if existing is not None:
             log(f"found job {existing.id} ({existing.status}) already created for these files and settings")
             return existing, False
         try:
-            job = client.with_options(max_retries=0).fine_tuning.jobs.create(
-                **job_request(settings, training_file, validation_file)
-            )
+            request = job_request(settings, training_file, validation_file)
+            job = client.with_options(max_retries=0).fine_tuning.jobs.create(**request)
         except Exception as error:
-            if not is_retryable(error) or attempt == CREATE_ATTEMPTS:
+            if not is_retryable(error) or attempt >= retry.attempts:
                 raise
-            log(f"job creation interrupted ({type(error).__name__}); checking whether the job exists")
-            time.sleep(2.0 * attempt)
+            retry.pause("creating the fine-tuning job", log, attempt, error)
+            if may_have_happened(error):
+                existing = find_job(client, settings, training_file, validation_file, retry, log)
             continue
         log(f"created fine-tuning job {job.id} ({job.status})")
         return job, True
-    raise FineTuneError("the fine-tuning job could not be created")
 
 
 @dataclass
@@ -267,11 +376,14 @@ class JobUpdate:
         return f"fine-tuning job {self.job.id} failed: {message or 'no message'}" + (f" ({code})" if code else "")
 
 
-def follow(client: Any, job_id: str, cursor: str | None) -> JobUpdate:
+def follow(client: Any, job_id: str, cursor: str | None, retry: Retry = Retry(), log: Log = print) -> JobUpdate:
     """Return the job and its events newer than ``cursor`` (an event id), and the new cursor."""
-    job = client.fine_tuning.jobs.retrieve(job_id)
+    job = retry.call(f"job {job_id}", log, client.fine_tuning.jobs.retrieve, job_id)
     events = []
-    for event in client.fine_tuning.jobs.list_events(job_id, limit=100):
+    listing = list_items(
+        client.fine_tuning.jobs.list_events, retry, log, f"events of {job_id}", fine_tuning_job_id=job_id, limit=100
+    )
+    for event in listing:
         if event.id == cursor:
             break
         events.append(event)
@@ -294,11 +406,13 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-def results(client: Any, job: Any) -> tuple[list[dict[str, float | None]], list[dict[str, Any]]]:
+def results(
+    client: Any, job: Any, retry: Retry = Retry(), log: Log = print
+) -> tuple[list[dict[str, float | None]], list[dict[str, Any]]]:
     """Return the per-step metrics of a finished job and its checkpoints."""
     metrics: list[dict[str, float | None]] = []
     for file_id in job.result_files or []:
-        content = client.files.content(file_id)
+        content = retry.call(f"result file {file_id}", log, client.files.content, file_id)
         text = content.text if hasattr(content, "text") else content.read().decode()
         if text.lstrip().startswith("step"):
             metrics += parse_results(text)
@@ -309,6 +423,7 @@ def results(client: Any, job: Any) -> tuple[list[dict[str, float | None]], list[
     checkpoints = [
         {"id": c.id, "step": c.step_number, "model": c.fine_tuned_model_checkpoint,
          "metrics": c.metrics.model_dump() if getattr(c, "metrics", None) else {}}
-        for c in client.fine_tuning.jobs.checkpoints.list(job.id)
+        for c in list_items(client.fine_tuning.jobs.checkpoints.list, retry, log, f"checkpoints of {job.id}",
+                            fine_tuning_job_id=job.id)
     ]  # fmt: skip
     return metrics, checkpoints

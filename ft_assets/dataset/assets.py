@@ -1,7 +1,6 @@
 """Data assets: raw files, source documents, cleaned examples and the three splits, with their checks."""
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -17,21 +16,9 @@ from ft_assets.resources import ArtifactStore, LineageStore
 GROUP = "data"
 SPLIT_ASSETS = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
 GROUPING = "grouping.json"
-SNAPSHOT_CODE = source_version("ft_assets.dataset.snapshot", "ft_assets.artifacts")
-CLEANING_CODE = source_version(
-    "ft_assets.dataset.read",
-    "ft_assets.dataset.formats",
-    "ft_assets.dataset.text",
-    "ft_assets.dataset.columnar",
-    "ft_assets.dataset.validate",
-    "ft_assets.dataset.deduplicate",
-    "ft_assets.dataset.group",
-    "ft_assets.dataset.write",
-    "ft_assets.dataset.prep",
-)
-SPLIT_CODE = source_version(
-    "ft_assets.dataset.group", "ft_assets.dataset.splitting", "ft_assets.dataset.prep", "ft_assets.dataset.write"
-)
+SNAPSHOT_CODE = source_version(__name__, "raw_examples", "source_documents")
+CLEANING_CODE = source_version(__name__, "cleaned_examples")
+SPLIT_CODE = source_version(__name__, "splits")
 RAW_PATTERN = "*.jsonl|*.json"
 
 
@@ -300,6 +287,7 @@ def splits(
 ) -> Iterator[dg.Output[ArtifactRef]]:
     """Group cleaned examples, then divide the groups into train, validation and test, deterministically for a seed."""
     import json
+    from contextlib import ExitStack
 
     from ft_assets.dataset.prep import GroupConfig, SplitConfig, SplitError, split
 
@@ -312,32 +300,35 @@ def splits(
         group_config = GroupConfig(config.group_by_answer, config.near_duplicate_threshold)
     except ValueError as error:
         raise dg.Failure(f"splits: {error}") from error
-    Path(artifacts.root).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=artifacts.root, prefix=".split-") as scratch:
+    chosen = context.op_execution_context.selected_output_names
+    selected = [(name, asset) for name, asset in SPLIT_ASSETS.items() if asset in chosen]
+    with artifacts.scratch() as scratch:
         try:
-            report = split(Path(cleaned_examples.path), Path(scratch), split_config, group_config)
+            report = split(Path(cleaned_examples.path), scratch, split_config, group_config)
         except SplitError as error:
             raise dg.Failure(f"splits: {error}") from error
         grouping = report["grouping"]
         context.log.info(f"splits: {grouping['groups']} groups; joined by {grouping['joined_by']}")
-        for name, asset in SPLIT_ASSETS.items():
-            if asset not in context.selected_output_names:  # a selection of some splits: the others are not published
-                continue
-            with artifacts.stage(asset) as staging:
-                shutil.move(Path(scratch, f"{name}.jsonl"), staging / "data.jsonl")
-                shutil.move(Path(scratch, f"{name}.members.parquet"), staging / "members.parquet")
-                (staging / GROUPING).write_text(json.dumps(grouping, indent=2, sort_keys=True))
-                ref = artifacts.publish(staging, asset)
-            context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
-            metadata = lineage.record(
-                context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet")
-            )
-            yield dg.Output(
-                ref,
-                output_name=asset,
-                data_version=dg.DataVersion(ref.version),
-                metadata={**metadata, **_split_metadata(ref), **_grouping_metadata(grouping)},
-            )
+        with ExitStack() as stack:  # all selected splits are staged before any is published
+            staged = {asset: stack.enter_context(artifacts.stage(asset)) for _, asset in selected}
+            for name, asset in selected:
+                shutil.move(scratch / f"{name}.jsonl", staged[asset] / "data.jsonl")
+                shutil.move(scratch / f"{name}.members.parquet", staged[asset] / "members.parquet")
+                (staged[asset] / GROUPING).write_text(json.dumps(grouping, indent=2, sort_keys=True))
+            refs = {asset: artifacts.publish(staged[asset], asset) for _, asset in selected}
+    # Published folders are immutable and content-addressed: a kill before the outputs below leaves
+    # complete, unreferenced versions that a rerun reuses. A split whose checks did not all pass
+    # in this run is never loaded by another run (ft_assets.upstream).
+    for name, asset in selected:
+        ref = refs[asset]
+        context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
+        metadata = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
+        yield dg.Output(
+            ref,
+            output_name=asset,
+            data_version=dg.DataVersion(ref.version),
+            metadata={**metadata, **_split_metadata(ref), **_grouping_metadata(grouping)},
+        )
 
 
 MIN_TRAIN_EXAMPLES = 10

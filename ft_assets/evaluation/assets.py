@@ -11,20 +11,11 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
+from ft_assets.evaluation.results import REPORTS, RESULTS, json_number, read_results, write_results
 from ft_assets.metadata import markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
-EVALUATION_CODE = source_version(
-    "ft_assets.evaluation.metrics",
-    "ft_assets.evaluation.judge",
-    "ft_assets.evaluation.report",
-    "ft_assets.evaluation.runners",
-    "ft_assets.evaluation.assets",
-    "ft_assets.training.chat_rows",
-    "ft_assets.training.lora",
-)
-RESULTS = "evaluations.json"
-PREDICTIONS = "predictions.parquet"
+EVALUATION_CODE = source_version(__name__, "evaluation_table")
 COMPARISONS = "comparisons.json"
 SKIPPED = "skipped_test_rows.json"
 ADAPTER = "lora_adapter"
@@ -101,8 +92,6 @@ def evaluation_table(
     llm: LLMResource,
 ) -> dg.Output[ArtifactRef]:
     """Evaluate every local model; record one row per model version and one per prediction."""
-    import pyarrow.parquet as pq
-
     parents = [base_model, lora_adapter, merged_model, train_split, test_split]
     judge_ready = llm.client_settings().provider is not None  # a judged evaluation is not the unjudged one
     settings = {**config.model_dump(), "judge_ready": judge_ready}
@@ -112,19 +101,18 @@ def evaluation_table(
     if ref is None:
         with artifacts.stage("evaluation_table") as staging:
             _evaluate(context, config, llm, base_model, lora_adapter, merged_model, train_split, test_split, staging)
-            ref = artifacts.publish(staging, "evaluation_table")
+            ref = artifacts.publish(staging, "evaluation_table", reports=REPORTS)
         artifacts.remember("evaluation_table", key, ref)
     else:
         context.log.info(f"evaluation_table: models and test split unchanged; reusing {ref.path}")
-    rows = json.loads(ref.file(RESULTS).read_text())
+    rows, predictions = read_results(Path(ref.path))
     comparisons = json.loads(ref.file(COMPARISONS).read_text())
     skipped = json.loads(ref.file(SKIPPED).read_text())
-    predictions = pq.read_table(ref.file(PREDICTIONS)).to_pylist()
     stamp = {"test_split_version": test_split.version, "evaluation_version": ref.version}
     lineage.record_evaluations(
         [{**row, **stamp, "evaluated_by": "evaluation_table", "run_id": context.run.run_id} for row in rows]
     )
-    lineage.record_predictions([{**row, **stamp, "scores": json.loads(row["scores"])} for row in predictions])
+    lineage.record_predictions([{**row, **stamp} for row in predictions])
     recorded = lineage.record(context, ref, parents, config)
     adapter = next(row for row in rows if row["model"] == ADAPTER)
     paired = [
@@ -201,9 +189,6 @@ def _evaluate(
     staging: Path,
 ) -> None:
     """Run every local model on the test cases and write rows, predictions, comparisons and skipped rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from ft_assets.evaluation.metrics import detect_task, perplexity
     from ft_assets.evaluation.report import Answered, compare, prediction_rows, score_model
     from ft_assets.evaluation.runners import (
@@ -270,11 +255,9 @@ def _evaluate(
         "judge": judged,
         "paired": compare(adapter_scores, baselines, samples=config.bootstrap_samples, seed=config.few_shot_seed),
     }
-    (staging / RESULTS).write_text(json.dumps(rows, indent=2, sort_keys=True, default=_json_number))
-    (staging / COMPARISONS).write_text(json.dumps(comparisons, indent=2, sort_keys=True, default=_json_number))
+    write_results(staging, rows, predictions)
+    (staging / COMPARISONS).write_text(json.dumps(comparisons, indent=2, sort_keys=True, default=json_number))
     (staging / SKIPPED).write_text(json.dumps(dict(skipped), indent=2, sort_keys=True))
-    table = pa.Table.from_pylist([{**p, "scores": json.dumps(p["scores"], sort_keys=True)} for p in predictions])
-    pq.write_table(table, staging / PREDICTIONS)
 
 
 def _judge(
@@ -318,11 +301,6 @@ def _judge(
     return (
         f"{config.judge_model}: {graded}/{len(grades)} graded, {report.requests_sent} requests, ${report.cost_usd:.4f}"
     )
-
-
-def _json_number(value: Any) -> Any:
-    """Make numpy numbers JSON-serializable."""
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 @dg.asset_check(

@@ -301,6 +301,8 @@ def _upgrade(db: str | Path) -> None:
 def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
     """Return the evaluation rows of the newest evaluated test split version, best main score first.
 
+    A model version evaluated more than once there (another evaluation config) shows its newest row.
+
     Each row has ``main_metric``, ``main_score``, ``ci_low``, ``ci_high`` and ``metrics`` (every
     metric by name), besides latency, tokens and cost.
     """
@@ -314,6 +316,7 @@ def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
             """
             SELECT * EXCLUDE (created_at), created_at::VARCHAR AS created_at FROM evaluations
             WHERE test_split_version = (SELECT test_split_version FROM evaluations ORDER BY created_at DESC LIMIT 1)
+            QUALIFY row_number() OVER (PARTITION BY model, model_version ORDER BY created_at DESC) = 1
             ORDER BY coalesce(main_score, exact_match) DESC NULLS LAST, model
             """
         )
@@ -342,11 +345,12 @@ def predictions(db: str | Path, model: str, *, worst: int | None = None) -> list
         cursor = connection.execute(
             """
             WITH latest AS (
-                SELECT model, model_version, test_split_version FROM evaluations
+                SELECT model, model_version, test_split_version, evaluation_version FROM evaluations
                 WHERE model = ? OR starts_with(model, ?)
                 ORDER BY model = ? DESC, created_at DESC, model LIMIT 1
             )
-            SELECT p.* FROM predictions p JOIN latest USING (model, model_version, test_split_version)
+            SELECT p.* FROM predictions p
+            JOIN latest USING (model, model_version, test_split_version, evaluation_version)
             ORDER BY CASE WHEN ? THEN p.main_score END ASC NULLS LAST, p.position
             """,
             [model, model, model, worst is not None],

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     evaluation_version VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (model, model_version, test_split_version)
+    PRIMARY KEY (model, model_version, test_split_version, evaluation_version)
 );
 ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS task VARCHAR;
 ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS main_metric VARCHAR;
@@ -202,9 +202,26 @@ def connect(
     try:
         if not read_only:
             connection.execute(SCHEMA)
+            _key_evaluations_by_version(connection)
         yield connection
     finally:
         connection.close()
+
+
+def _key_evaluations_by_version(connection: duckdb.DuckDBPyConnection) -> None:
+    """Re-key an ``evaluations`` table written before rows were keyed by evaluation version."""
+    (key,) = connection.execute(
+        "SELECT constraint_column_names FROM duckdb_constraints() "
+        "WHERE table_name = 'evaluations' AND constraint_type = 'PRIMARY KEY'"
+    ).fetchone() or ([],)
+    if "evaluation_version" in key:
+        return
+    connection.execute("BEGIN TRANSACTION")
+    connection.execute("ALTER TABLE evaluations RENAME TO evaluations_keyed_by_model")
+    connection.execute(SCHEMA)
+    connection.execute("INSERT INTO evaluations BY NAME SELECT * FROM evaluations_keyed_by_model")
+    connection.execute("DROP TABLE evaluations_keyed_by_model")
+    connection.execute("COMMIT")
 
 
 def record(path: str | Path, materialization: Materialization, members: Any = None) -> None:
@@ -252,7 +269,7 @@ PREDICTION_COLUMNS = (
 
 
 def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write evaluation rows; a row for the same model version and test split version replaces the old one."""
+    """Write evaluation rows; one for the same model, test split and evaluation versions replaces the old one."""
     columns = ", ".join(EVALUATION_COLUMNS)
     placeholders = ", ".join("?" for _ in EVALUATION_COLUMNS)
     values = []
@@ -270,7 +287,7 @@ def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write per-example predictions, replacing those of the same (model, model version, test split version)."""
+    """Write per-example predictions, replacing those of the same model version, test split and evaluation version."""
     import pyarrow as pa
 
     table = pa.Table.from_pylist(
@@ -284,12 +301,16 @@ def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
             for row in rows
         ]
     )
-    keys = sorted({(row["model"], row["model_version"], row["test_split_version"]) for row in rows})
+    keys = sorted(
+        {(row["model"], row["model_version"], row["test_split_version"], row["evaluation_version"]) for row in rows}
+    )
     with connect(path) as connection:
         connection.execute("BEGIN TRANSACTION")
         for key in keys:
             connection.execute(
-                "DELETE FROM predictions WHERE model = ? AND model_version = ? AND test_split_version = ?", list(key)
+                "DELETE FROM predictions WHERE model = ? AND model_version = ? AND test_split_version = ? "
+                "AND evaluation_version = ?",
+                list(key),
             )
         if rows:
             connection.register("new_predictions", table)

@@ -1,11 +1,13 @@
 """Rebuild the lineage database from Dagster's event log (every materialization carries its lineage).
 
 Materializations, edges and members come from the event log; evaluation rows, predictions and
-fine-tune metrics from the artifact folders the materializations point at.
+fine-tune metrics from the artifact folders the materializations point at. The event log is the
+one of the Dagster instance that ``DAGSTER_HOME`` names, whatever the working directory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,21 @@ from ft_assets.lineage.store import (
 )
 
 PAGE = 500
+
+
+class NoEventLog(Exception):
+    """There is no Dagster event log to rebuild the lineage database from."""
+
+
+def dagster_home() -> Path:
+    """Return the folder ``DAGSTER_HOME`` names; raise ``NoEventLog`` saying what to do when it holds no instance."""
+    home = os.environ.get("DAGSTER_HOME")
+    fix = "set DAGSTER_HOME to the project folder (the one with dagster.yaml), where Dagster keeps its event log"
+    if not home:
+        raise NoEventLog(f"DAGSTER_HOME is not set: {fix}")
+    if not (Path(home).expanduser() / "dagster.yaml").is_file():
+        raise NoEventLog(f"DAGSTER_HOME={home} holds no dagster.yaml, so no Dagster instance: {fix}")
+    return Path(home).expanduser()
 
 
 def lineage_entries(instance: dg.DagsterInstance) -> Iterator[dict[str, Any]]:
@@ -43,14 +60,15 @@ def _restore_results(db: str | Path, m: Materialization, counts: dict[str, int])
     """Re-record the evaluation rows, predictions or fine-tune metrics an artifact folder holds."""
     import json
 
+    from ft_assets.evaluation.results import RESULTS, read_results
+
     folder = Path(m.path or "")
-    if m.asset in ("evaluation_table", "azure_model_evaluation") and (folder / "evaluations.json").exists():
+    if m.asset in ("evaluation_table", "azure_model_evaluation") and (folder / RESULTS).exists():
         stamp = {"test_split_version": dict(m.parents).get("test_split"), "evaluation_version": m.data_version}
-        rows = json.loads((folder / "evaluations.json").read_text())
+        rows, predictions = read_results(folder)
         record_evaluations(db, [{**row, **stamp, "evaluated_by": m.asset, "run_id": m.run_id,
                                  "created_at": m.created_at} for row in rows])  # fmt: skip
         counts["evaluations"] += len(rows)
-        predictions = _predictions(folder)
         record_predictions(db, [{**row, **stamp} for row in predictions])
         counts["predictions"] += len(predictions)
     elif m.asset == "azure_fine_tuned_model" and (folder / "metrics.json").exists():
@@ -58,19 +76,6 @@ def _restore_results(db: str | Path, m: Materialization, counts: dict[str, int])
         job_id = json.loads((folder / "model.json").read_text())["job_id"]
         record_fine_tune_metrics(db, m.data_version, job_id, metrics)
         counts["fine_tune_metrics"] += len(metrics)
-
-
-def _predictions(folder: Path) -> list[dict[str, Any]]:
-    import json
-
-    import pyarrow.parquet as pq
-
-    if (folder / "predictions.parquet").exists():
-        rows = pq.read_table(folder / "predictions.parquet").to_pylist()
-        return [{**row, "scores": json.loads(row["scores"])} for row in rows]
-    if (folder / "predictions.json").exists():
-        return json.loads((folder / "predictions.json").read_text())
-    return []
 
 
 def sync(instance: dg.DagsterInstance, db: str | Path) -> dict[str, int]:

@@ -13,10 +13,7 @@ from ft_assets.code_versions import source_version
 from ft_assets.metadata import chat_preview, counts_table, markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
-SYNTHETIC_CODE = source_version(
-    "ft_assets.synthetic.assets", "ft_assets.synthetic.generate", "ft_assets.synthetic.offline",
-    "ft_assets.synthetic.rows", "ft_assets.synthetic.sources", "ft_assets.dataset.text", "ft_assets.llm.calls",
-)  # fmt: skip
+SYNTHETIC_CODE = source_version(__name__, "synthetic_examples")
 NO_VARIANT = "the offline generator has no further rewording of this source that differs in words"
 
 

@@ -7,7 +7,6 @@ again. Metadata is read back from the artifact folder, so a reused artifact show
 
 import json
 import sys
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +20,13 @@ from ft_assets.metadata import image, markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "training"
-BASE_CODE = source_version("ft_assets.training.base_model", "ft_assets.training.assets")
-LORA_CODE = source_version(
-    "ft_assets.training.lora",
-    "ft_assets.training.chat_rows",
-    "ft_assets.training.lora_pipes",
-    "ft_assets.training.assets",
-)
-MERGE_CODE = source_version("ft_assets.training.merge", "ft_assets.training.lora")
+BASE_CODE = source_version(__name__, "base_model")
+LORA_CODE = source_version(__name__, "lora_adapter")
+MERGE_CODE = source_version(__name__, "merged_model")
+# Files that describe an artifact (timings, curves, model card) without being what a consumer loads:
+# they stay out of its version, so the same weights from the same inputs give the same version.
+BASE_REPORTS = ("pretraining_history.json", "pretraining_loss.png")
+LORA_REPORTS = ("training_summary.json", "training_history.json", "loss_curve.png", "README.md")
 BUILTIN_SOURCE = "builtin"
 BUILTIN_LEARNING_RATE = 2e-2
 PRETRAINED_LEARNING_RATE = 2e-4
@@ -176,7 +174,7 @@ def base_model(
             if history.exists() and json.loads(history.read_text()):
                 points = [(h["step"], h["loss"]) for h in json.loads(history.read_text())]
                 loss_curve({"pretraining": points}, staging / "pretraining_loss.png", "base model pretraining")
-            ref = artifacts.publish(staging, "base_model")
+            ref = artifacts.publish(staging, "base_model", reports=BASE_REPORTS)
         artifacts.remember("base_model", key, ref)
     parents = [train_split] if builtin else []
     return _output(context, ref, parents, config, lineage, reused, _base_metadata(ref))
@@ -301,17 +299,17 @@ def _train(
 ) -> ArtifactRef:
     from ft_assets.plots import loss_curve
 
-    with artifacts.stage("lora_adapter") as staging, tempfile.TemporaryDirectory(dir=staging.parent) as scratch:
+    with artifacts.stage("lora_adapter") as staging, artifacts.scratch("lora_adapter") as scratch:
         job = {
             "base_dir": base.path,
             "train_path": str(train.file("data.jsonl")),
             "validation_path": str(validation.file("data.jsonl")) if _has_rows(validation) else None,
             "out_dir": str(staging),
-            "scratch": scratch,
+            "scratch": str(scratch),
             "settings": asdict(settings),
-            "error_file": str(Path(scratch) / "error.txt"),
+            "error_file": str(scratch / "error.txt"),
         }
-        job_file = Path(scratch) / "job.json"
+        job_file = scratch / "job.json"
         job_file.write_text(json.dumps(job, indent=2))
         command = launcher.command("ft_assets.training.lora_pipes", str(job_file))
         context.log.info(f"lora_adapter: starting {' '.join(command)}")
@@ -334,7 +332,7 @@ def _train(
             "LoRA training",
         )
         (staging / "README.md").write_text(model_card(base, train, validation, summary))
-        return artifacts.publish(staging, "lora_adapter")
+        return artifacts.publish(staging, "lora_adapter", reports=LORA_REPORTS)
 
 
 def _has_rows(split: ArtifactRef) -> bool:

@@ -248,6 +248,20 @@ def sft_trainer(
     )
 
 
+def portable_adapter_config(config_file: Path, base_dir: Path) -> None:
+    """Make the saved adapter config the same on every machine and run.
+
+    peft records the base model's absolute path and writes ``target_modules`` from a set (its
+    order changes with the interpreter's hash seed); both would change the adapter's version.
+    The base model becomes ``<asset>/<version>`` of its artifact, and the modules are sorted.
+    """
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = f"{base_dir.parent.name}/{base_dir.name}"
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def train_lora(
     base_dir: str | Path,
     train_path: str | Path,
@@ -305,6 +319,7 @@ def train_lora(
             out_dir.mkdir(parents=True, exist_ok=True)
             trainer.model.save_pretrained(out_dir)
             tokenizer.save_pretrained(out_dir)
+            portable_adapter_config(out_dir / "adapter_config.json", Path(base_dir))
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     runtime = result.metrics.get("train_runtime", seconds)

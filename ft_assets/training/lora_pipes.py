@@ -18,6 +18,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from ft_assets.training.process_group import exit_with_parent
+
 
 def run_job(job: dict[str, Any], log: Any) -> dict[str, Any]:
     """Train the adapter the job describes; return the training summary."""
@@ -38,6 +40,7 @@ def run_job(job: dict[str, Any], log: Any) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """Entry point: read the job file, train, report."""
+    exit_with_parent()
     if len(argv) != 1:
         print("usage: python -m ft_assets.training.lora_pipes JOB.json", file=sys.stderr)
         return 2
