@@ -180,14 +180,27 @@ def test_lineage_sync_restores_every_table_with_the_same_row_counts(first_run, p
     db = tmp_path / "rebuilt.duckdb"
     counts = sync(first_run[2], db)
 
+    runs = [run.run_id for run in first_run[2].get_runs()]  # other tests here wrote runs of other instances
+
     def row_counts(path: Path) -> dict[str, int]:
         with duckdb.connect(str(path), read_only=True) as connection:
             tables = [row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-            return {t: connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sorted(tables)}
+            counts = {t: connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sorted(tables)}
+            query = "SELECT count(*) FROM materializations WHERE list_contains(?, run_id)"
+            counts["materializations"] = connection.execute(query, [runs]).fetchone()[0]
+            return counts
 
     expected, restored = row_counts(project / "lineage.duckdb"), row_counts(db)
     assert restored == expected
-    assert set(expected) >= {"materializations", "edges", "members", "evaluations", "predictions", "fine_tune_metrics"}
+    assert set(expected) >= {
+        "materializations",
+        "edges",
+        "member_sets",
+        "member_spans",
+        "evaluations",
+        "predictions",
+        "fine_tune_metrics",
+    }
     assert expected["evaluations"] == 4 and counts["predictions"] == expected["predictions"] > 0
     with duckdb.connect(str(db), read_only=True) as rebuilt:
         rows = rebuilt.execute("SELECT DISTINCT main_metric FROM evaluations").fetchall()
