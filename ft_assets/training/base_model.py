@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ft_assets import compute_threads
+
+compute_threads.configure()  # before torch loads: this module is the first of the training code a step imports
+
 BUILTIN = "builtin:tiny-llama"
 SOURCE_FILE = "model_source.json"
 END_OF_TURN = "<|end|>"
