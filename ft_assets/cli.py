@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from ft_assets.champion.cli import champion
+from ft_assets.run_command import run
+
 
 def _ratios(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, float, float]:
     try:
@@ -188,7 +191,7 @@ def example(target: str, as_json: bool, db: str) -> None:
     for row in result["splits"]:
         origin = row["source_example_id"] or f"{row['source_file']}:{row['source_line']}"
         named = f"  example {row['example_id']}" if result["kind"] == "location" else ""
-        click.echo(f"{row['asset']}@{row['data_version']}  position {row['position']}{named}  from {origin}")
+        click.echo(f"{row['asset']}@{row['data_version']}{named}  from {origin}")
         if row["models"]:
             click.echo(f"  models: {', '.join(row['models'])}")
     for record in result["rejected"]:
@@ -198,6 +201,82 @@ def example(target: str, as_json: bool, db: str) -> None:
         if record.get("duplicate_of"):
             why += f" (duplicate of {record['duplicate_of']['file']}:{record['duplicate_of']['line']})"
         click.echo(f"{subject} was rejected by cleaned_examples@{record['cleaned_examples']}: {why}")
+
+
+def _need_db(db: str) -> None:
+    if not Path(db).exists():
+        raise click.ClickException(f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)")
+
+
+@lineage.command()
+@click.argument("example_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+def models(example_id: str, as_json: bool, db: str) -> None:
+    """Show every model version whose training data (train and validation splits) held EXAMPLE_ID.
+
+    A model trained on a synthetic variant of the example counts too (its ids are listed).
+    """
+    from ft_assets.lineage.answers import models_with_example
+
+    _need_db(db)
+    rows = models_with_example(db, example_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"no model version was trained on {example_id} or a synthetic variant of it")
+        return
+    for row in rows:
+        held = (["the example"] if row["direct"] else []) + [f"variant {v}" for v in row["variants"]]
+        click.echo(f"{row['asset']}@{row['data_version']}  {str(row['created_at'])[:19]}  ({', '.join(held)} "
+                   f"in {', '.join(row['splits'])})")  # fmt: skip
+
+
+DIFF_IDS_SHOWN = 10
+
+
+@lineage.command(name="diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+def diff_command(a: str, b: str, as_json: bool, db: str) -> None:
+    """Compare model versions A and B (ASSET@VERSION, or a version id of one asset).
+
+    Training examples added, removed and changed (same id, other content) from A to B; then what
+    differs in configuration, code and library versions, device, upstream versions; and the
+    evaluation scores of both.
+    """
+    from ft_assets.lineage import answers, queries
+
+    _need_db(db)
+    try:
+        result = answers.diff(db, a, b)
+    except (queries.UnknownVersion, answers.AmbiguousVersion) as error:
+        raise click.ClickException(str(error)) from error
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    for side in ("a", "b"):
+        row = result[side]
+        click.echo(f"{side.upper()}: {row['asset']}@{row['data_version']}  code {row['code_version']}  "
+                   f"device {row['device'] or '-'}  {str(row['created_at'])[:19]}")  # fmt: skip
+    for change in ("added", "removed", "changed"):
+        ids = result[f"examples_{change}"]
+        shown = ", ".join(ids[:DIFF_IDS_SHOWN]) + (
+            f", ... ({len(ids) - DIFF_IDS_SHOWN} more)" if len(ids) > DIFF_IDS_SHOWN else ""
+        )
+        click.echo(f"examples {change}: {len(ids)}" + (f"  {shown}" if ids else ""))
+    for section in ("training_splits", "config", "libraries", "upstream"):
+        for key, values in result[section].items():
+            click.echo(f"{section} {key}: {values['a']} -> {values['b']}")
+    for score in result["evaluations"]:
+        cells = [
+            "-" if score[side] is None else f"{score[side]['main_metric']} {score[side]['main_score']}"
+            for side in ("a", "b")
+        ]
+        click.echo(f"evaluation on {score['test_split_version']} ({score['model']}): A {cells[0]}  B {cells[1]}")
 
 
 def _metric_cells(row: dict) -> list[str]:
@@ -301,11 +380,15 @@ def sync_command(db: str) -> None:
         )
     click.echo(
         f"recorded {counts['materializations']} materializations, {counts['evaluations']} evaluation rows, "
-        f"{counts['predictions']} predictions and {counts['fine_tune_metrics']} fine-tune metric rows into {db}"
+        f"{counts['predictions']} predictions, {counts['fine_tune_metrics']} fine-tune metric rows and "
+        f"{counts['promotions']} champion decisions into {db}"
     )
     if counts["members_missing"]:
         click.echo(f"warning: {counts['members_missing']} members files no longer exist", err=True)
 
+
+main.add_command(champion)
+main.add_command(run)
 
 if __name__ == "__main__":
     main()

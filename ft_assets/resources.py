@@ -57,8 +57,13 @@ class LineageStore(dg.ConfigurableResource):
         parents: list[ArtifactRef | tuple[str, str]],
         config: dg.Config | dict[str, Any] | None = None,
         members_file: Path | None = None,
+        device: str | None = None,
     ) -> dict[str, Any]:
-        """Record a materialization with its parents and members; return metadata that lets ``sync`` redo it."""
+        """Record a materialization with its parents, members, library versions and device (where one ran it).
+
+        Returns metadata that lets ``sync`` redo it.
+        """
+        from ft_assets.lineage.environment import library_versions
         from ft_assets.lineage.store import Materialization, record
 
         key = dg.AssetKey(ref.asset)
@@ -72,6 +77,8 @@ class LineageStore(dg.ConfigurableResource):
             config=config_dict,
             parents=[(p.asset, p.version) if isinstance(p, ArtifactRef) else tuple(p) for p in parents],
             members_file=str(members_file) if members_file else None,
+            libraries=library_versions(),
+            device=device,
         )
         members = None
         if members_file is not None:

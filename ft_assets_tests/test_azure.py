@@ -138,6 +138,21 @@ def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
         from ft_assets.lineage.sync import sync
 
         assert sync(instance, project / "rebuilt.duckdb")["fine_tune_metrics"] == 6
+
+        # Continuous fine-tuning: with that model made champion, the next job fine-tunes it further.
+        from ft_assets.champion.store import Champion, override
+
+        db, version = project / "lineage.duckdb", metadata["data_version"].value
+        override(db, Champion("azure_fine_tuned_model", version, metadata["path"].value), "promote", "test", project)
+        further = _run(project, llm, instance, ["azure_finetune_job"], azure_finetune_job={"init_from": "champion"})
+        assert further.success
+        further_meta = further.get_asset_materialization_events()[0].step_materialization_data.materialization
+        assert further_meta.metadata["model"].value == metadata["fine_tuned_model"].value
+        assert ["azure_fine_tuned_model", version] in further_meta.metadata["lineage"].value["parents"]
+        with sync_client(llm.client_settings()) as client:
+            assert client.fine_tuning.jobs.retrieve(further_meta.metadata["job_id"].value).model == (
+                metadata["fine_tuned_model"].value
+            )
     with connect(project / "rebuilt.duckdb", read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM fine_tune_metrics").fetchone()[0] == 6
     db = project / "lineage.duckdb"

@@ -25,7 +25,14 @@ EDITS = {
     "dataset/warm.py": {"cleaned_examples", *SPLITS},  # prep names it by string: the fork server preloads it
     "training/merge.py": {"merged_model"},
     "training/lora_pipes.py": {"lora_adapter"},  # named by string: python -m ft_assets.training.lora_pipes
-    "evaluation/metrics.py": {"evaluation_table", "azure_model_evaluation"},
+    # the paired test; lora_adapter and azure_finetune_job find the champion to continue from (champion.store)
+    "evaluation/metrics.py": {
+        "evaluation_table",
+        "azure_model_evaluation",
+        "champion_model",
+        "lora_adapter",
+        "azure_finetune_job",
+    },
 }
 VERSIONS = """
 import json, sys

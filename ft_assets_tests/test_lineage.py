@@ -162,7 +162,7 @@ def test_example_by_id_and_by_file_line_when_kept(real_lineage):
     code, output = _example(real_lineage, "x.jsonl:2")
     assert code == 0
     assert output.splitlines() == [
-        f"train_split@t1  position {row['position']}  example inv-0002  from data/raw/x.jsonl:2",
+        "train_split@t1  example inv-0002  from data/raw/x.jsonl:2",
         "  models: lora_adapter@l1, merged_model@m1",
     ]
 

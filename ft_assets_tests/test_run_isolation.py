@@ -107,7 +107,7 @@ def _step_started_at(instance: dg.DagsterInstance, run_id: str, step: str) -> fl
 
 LOCAL_ASSETS = {
     "raw_examples", "source_documents", "synthetic_examples", "cleaned_examples", "train_split", "validation_split",
-    "test_split", "base_model", "lora_adapter", "merged_model", "evaluation_table",
+    "test_split", "base_model", "lora_adapter", "merged_model", "evaluation_table", "champion_model",
 }  # fmt: skip
 
 

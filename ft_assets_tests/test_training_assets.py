@@ -26,7 +26,7 @@ TINY_BASE = {
 TINY_LORA = {"r": 4, "alpha": 8, "epochs": 1.0, "batch_size": 16}
 LOCAL_ASSETS = {
     "raw_examples", "source_documents", "synthetic_examples", "cleaned_examples", "train_split", "validation_split",
-    "test_split", "base_model", "lora_adapter", "merged_model", "evaluation_table",
+    "test_split", "base_model", "lora_adapter", "merged_model", "evaluation_table", "champion_model",
 }  # fmt: skip
 
 
@@ -186,8 +186,9 @@ def test_lineage_sync_restores_every_table_with_the_same_row_counts(first_run, p
         with duckdb.connect(str(path), read_only=True) as connection:
             tables = [row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
             counts = {t: connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sorted(tables)}
-            query = "SELECT count(*) FROM materializations WHERE list_contains(?, run_id)"
-            counts["materializations"] = connection.execute(query, [runs]).fetchone()[0]
+            for table in ("materializations", "promotions"):
+                query = f"SELECT count(*) FROM {table} WHERE list_contains(?, run_id)"
+                counts[table] = connection.execute(query, [runs]).fetchone()[0]
             return counts
 
     expected, restored = row_counts(project / "lineage.duckdb"), row_counts(db)

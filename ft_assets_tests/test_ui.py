@@ -22,6 +22,8 @@ WEBSERVER = Path(sys.executable).parent / "dagster-webserver"
 STARTUP_TIMEOUT_S = 90.0
 
 GROUPS = {
+    "raw_data": "data",
+    "base_model_source": "training",
     "raw_examples": "data",
     "source_documents": "data",
     "synthetic_examples": "data",
@@ -37,6 +39,7 @@ GROUPS = {
     "azure_finetune_job": "azure",
     "azure_fine_tuned_model": "azure",
     "azure_model_evaluation": "evaluation",
+    "champion_model": "deployment",
 }
 EXPECTED_CHECKS = {
     "train_split": {"train_split_has_enough_examples", "format_valid"},

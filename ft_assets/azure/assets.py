@@ -75,6 +75,11 @@ class FineTuneJobConfig(RetryConfig):
     """The fine-tuning job."""
 
     model: str = Field("gpt-4o-mini-2024-07-18", description="Base model (Azure: a fine-tunable model version).")
+    init_from: Literal["base", "champion"] = Field(
+        "base",
+        description="'champion': fine-tune the champion fine-tuned model further (continuous fine-tuning; the "
+        "champion must be an Azure fine-tune of `model`); 'base': fine-tune `model`.",
+    )
     method: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo.")
     n_epochs: int | None = Field(None, description="Epochs (None: the service decides).")
     batch_size: int | None = Field(None, description="Batch size (None: the service decides).")
@@ -234,7 +239,11 @@ def azure_finetune_job(
             f"azure_finetune_job: estimated training cost ${cost:.2f} ({config.model}, {epochs} epochs) is above "
             f"max_training_cost_usd ${config.max_training_cost_usd}: raise the limit or train on less data"
         )
-    job_config = config.model_dump(exclude=set(RETRY_FIELDS))
+    start = _champion_model(lineage) if config.init_from == "champion" else None
+    job_config = config.model_dump(exclude={*RETRY_FIELDS, "init_from"})
+    if start is not None:
+        job_config["model"] = json.loads(start.file("model.json").read_text())["fine_tuned_model"]
+        context.log.info(f"azure_finetune_job: continuing from the champion {job_config['model']}")
     guard = ("price_per_1m_training_tokens", "max_training_cost_usd")
     settings = JobSettings(**{k: v for k, v in job_config.items() if k not in guard})
     try:
@@ -249,18 +258,35 @@ def azure_finetune_job(
     with artifacts.stage("azure_finetune_job") as staging:
         (staging / "job.json").write_text(json.dumps(record, indent=2, sort_keys=True))
         ref = artifacts.publish(staging, "azure_finetune_job")
-    recorded = lineage.record(context, ref, [azure_training_files], config)
+    recorded = lineage.record(context, ref, [azure_training_files, *([start] if start else [])], config)
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
             **recorded,
             "job_id": job.id,
+            "model": job_config["model"],
             "status": job.status,
             "created_now": created,
             "estimated_cost_usd": round(cost, 4),
         },
     )
+
+
+def _champion_model(lineage: LineageStore) -> ArtifactRef:
+    """Return the champion's Azure fine-tuned model artifact, to continue from; fail saying why it cannot be."""
+    from ft_assets.champion.store import current_champion, history
+
+    champion = current_champion(history(lineage.path))
+    if champion is None or champion.asset != "azure_fine_tuned_model" or not champion.path:
+        named = champion.name if champion else "none yet"
+        raise dg.Failure(
+            f"azure_finetune_job: init_from is 'champion' but the champion ({named}) is not an Azure fine-tuned "
+            "model; use init_from: base (a local champion continues through lora_adapter's init_from)"
+        )
+    if not Path(champion.path, "model.json").is_file():
+        raise dg.Failure(f"azure_finetune_job: the champion's folder {champion.path} is gone")
+    return ArtifactRef(champion.asset, champion.version, champion.path)
 
 
 @dg.asset(

@@ -10,23 +10,24 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
+from ft_assets.defaults import RAW_FOLDER, RAW_PATTERN
 from ft_assets.metadata import chat_preview, counts_table, head_jsonl, markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "data"
 SPLIT_ASSETS = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
 GROUPING = "grouping.json"
-SNAPSHOT_CODE = source_version(__name__, "raw_examples", "source_documents")
+RAW_CODE = source_version(__name__, "raw_examples")
+SOURCES_CODE = source_version(__name__, "source_documents")
 CLEANING_CODE = source_version(__name__, "cleaned_examples")
 SPLIT_CODE = source_version(__name__, "splits")
-RAW_PATTERN = "*.jsonl|*.json"
 
 
 class RawExamplesConfig(dg.Config):
     """Where the raw chat examples are read from."""
 
     folder: str = Field(
-        "data/raw",
+        RAW_FOLDER,
         description="Folder whose *.jsonl files and *.json arrays (recursively) are the raw examples. A file or "
         "folder named train, validation (valid, val, dev) or test keeps its rows in that split.",
     )
@@ -117,8 +118,9 @@ def _snapshot(
 
 @dg.asset(
     group_name=GROUP,
-    code_version=SNAPSHOT_CODE,
+    code_version=RAW_CODE,
     kinds={"jsonl"},
+    deps=["raw_data"],
     description="Snapshot of every *.jsonl file and *.json array under the raw folder (default data/raw). A changed "
     "file gives a new data version; each file's SHA-256 is kept in lineage.",
 )
@@ -131,7 +133,7 @@ def raw_examples(
 
 @dg.asset(
     group_name=GROUP,
-    code_version=SNAPSHOT_CODE,
+    code_version=SOURCES_CODE,
     description="Snapshot of the documents (default data/sources) that synthetic generation may draw from.",
 )
 def source_documents(

@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from ft_assets.dataset.deduplicate import exact_duplicates, find_duplicates
 from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
@@ -522,11 +523,15 @@ def split(
     assignment, grouping = plan_splits(columns, config, group_config or GroupConfig())
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = np.bincount(assignment, minlength=3)
+    content_hash = np.zeros(len(assignment), np.uint64)
     with ExitStack() as stack:
         handles = [stack.enter_context(open(out_dir / f"{name}.jsonl", "wb")) for name in SPLITS]
         row = 0
         for lines in _line_blocks(cleaned_dir / CLEANED):
             target = assignment[row : row + len(lines)]
+            content_hash[row : row + len(lines)] = np.fromiter(
+                map(xxhash.xxh3_64_intdigest, lines), np.uint64, len(lines)
+            )
             row += len(lines)
             for i, handle in enumerate(handles):
                 selected = list(compress(lines, (target == i).tolist()))
@@ -535,7 +540,7 @@ def split(
         if row != len(assignment):
             raise RuntimeError(f"{cleaned_dir / CLEANED} has {row} rows but its index {len(assignment)}")
     if members:
-        _write_members(pq.ParquetFile(index_path), assignment, out_dir, grouping)
+        _write_members(pq.ParquetFile(index_path), assignment, content_hash, out_dir, grouping)
     tokens = columns["tokens"]
     report: dict[str, Any] = {
         name: {"rows": int(counts[i]), "tokens": int(tokens[assignment == i].sum())} for i, name in enumerate(SPLITS)
@@ -544,8 +549,10 @@ def split(
     return report
 
 
-def _write_members(index: Any, assignment: np.ndarray, out_dir: Path, grouping: dict[str, Any]) -> None:
-    """Write each split's members: ids, source, group, and the keys the overlap check compares."""
+def _write_members(
+    index: Any, assignment: np.ndarray, content_hash: np.ndarray, out_dir: Path, grouping: dict[str, Any]
+) -> None:
+    """Write each split's members: ids, source, group, content hash (of the row's bytes), overlap check keys."""
     import pyarrow.parquet as pq
 
     table = index.read(columns=[*MEMBER_COLUMNS, "answer_hash", "free_text", "signature", "quality"])
@@ -556,6 +563,7 @@ def _write_members(index: Any, assignment: np.ndarray, out_dir: Path, grouping: 
         if grouping["group_by_answer"] == "auto":
             answer_key = np.where(table["free_text"].to_numpy(zero_copy_only=False), answer_key, np.uint64(0))
     table = table.drop_columns(["answer_hash", "free_text"]).append_column("answer_key", pa.array(answer_key))
+    table = table.append_column("content_hash", pa.array(content_hash))
     for i, name in enumerate(SPLITS):
         mask = assignment == i
         part = table.filter(pa.array(mask))

@@ -22,16 +22,26 @@ def _count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
+def matching_files(source: Path, pattern: str) -> tuple[list[Path], list[Path]]:
+    """Return the files under ``source`` matching ``pattern`` (several separated by ``|``) and the others, sorted.
+
+    Hidden files (a name starting with ``.``) are neither.
+    """
+    if not source.is_dir():
+        raise FileNotFoundError(f"input folder {source} does not exist")
+    candidates = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    chosen = [p for p in candidates if any(p.match(one) for one in pattern.split("|"))]
+    picked = set(chosen)
+    return chosen, [p for p in candidates if p not in picked]
+
+
 def snapshot(source: Path, dest: Path, pattern: str) -> dict[str, Any]:
     """Copy every file under ``source`` matching ``pattern`` (several separated by ``|``) into ``dest/files``.
 
     Returns (and writes as ``manifest.json``) the copied files with size, lines and SHA-256,
     and the files that were left out because they do not match.
     """
-    if not source.is_dir():
-        raise FileNotFoundError(f"input folder {source} does not exist")
-    candidates = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-    chosen = [p for p in candidates if any(p.match(one) for one in pattern.split("|"))]
+    chosen, left_out = matching_files(source, pattern)
     files = []
     for path in chosen:
         relative = path.relative_to(source).as_posix()
@@ -49,7 +59,7 @@ def snapshot(source: Path, dest: Path, pattern: str) -> dict[str, Any]:
     manifest = {
         "source": str(source),
         "files": files,
-        "ignored": [p.relative_to(source).as_posix() for p in candidates if p not in chosen],
+        "ignored": [p.relative_to(source).as_posix() for p in left_out],
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

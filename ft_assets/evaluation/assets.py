@@ -189,8 +189,8 @@ def _evaluate(
     staging: Path,
 ) -> None:
     """Run every local model on the test cases and write rows, predictions, comparisons and skipped rows."""
-    from ft_assets.evaluation.metrics import detect_task, perplexity
-    from ft_assets.evaluation.report import Answered, compare, prediction_rows, score_model
+    from ft_assets.evaluation.metrics import detect_task
+    from ft_assets.evaluation.report import compare, prediction_rows, score_local
     from ft_assets.evaluation.runners import (
         eval_cases,
         few_shot_examples,
@@ -227,15 +227,9 @@ def _evaluate(
         model, model_tokenizer = load_model(base.path, **spec["load"])
         result = run_local(model, model_tokenizer, shot if spec["shots"] else plain, max_new_tokens=budget,
                            batch_size=config.batch_size, log=context.log.info, label=spec["model"])  # fmt: skip
-        answered = Answered(
-            spec["model"], spec["model_version"], "local", result.answers, result.latencies_s, result.output_tokens,
-            [p.prompt_tokens for p in result.predictions], [p.truncated for p in result.predictions],
-        )  # fmt: skip
-        model_scores = score_model(answered, golds, task, samples=config.bootstrap_samples, seed=config.few_shot_seed)
+        answered, model_scores = score_local(result, spec["model"], spec["model_version"], golds, task,
+                                             samples=config.bootstrap_samples, seed=config.few_shot_seed)  # fmt: skip
         row = model_scores.row
-        row["metrics"] = {**row["metrics"], "token_accuracy": result.token_accuracy, "loss": result.loss}
-        row.update(token_accuracy=result.token_accuracy, loss=result.loss, perplexity=perplexity(result.loss),
-                   cost_per_1k_requests_usd=None)  # fmt: skip
         context.log.info(
             f"{spec['model']}: {row['main_metric']} {row['main_score']:.3f} "
             f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] on {row['n']} test examples"
@@ -303,9 +297,14 @@ def _judge(
     )
 
 
+def adapter_beats_baselines(comparisons: dict[str, Any]) -> bool:
+    """Tell whether the adapter beats every base model on the main metric, significantly (``comparisons.json``)."""
+    return all(test["difference"] > 0 and test["significant"] for test in comparisons["paired"].values())
+
+
 @dg.asset_check(
     asset="evaluation_table",
-    blocking=False,  # nothing downstream consumes evaluation_table yet; a promotion step will make it blocking
+    blocking=False,  # champion_model applies it itself, so that a weak candidate still gets a decision saying why
     description="The LoRA adapter beats every base model (zero-shot and the few-shot prompted baseline) on the main "
     "metric, and a paired test says the difference is significant (p < 0.05). Severity: evaluation config "
     "adapter_check_severity.",
@@ -316,7 +315,7 @@ def adapter_beats_base(evaluation_table: ArtifactRef) -> dg.AssetCheckResult:
     comparisons = json.loads(evaluation_table.file(COMPARISONS).read_text())
     adapter = rows[ADAPTER]
     paired = comparisons["paired"]
-    passed = all(test["difference"] > 0 and test["significant"] for test in paired.values())
+    passed = adapter_beats_baselines(comparisons)
     severity = dg.AssetCheckSeverity.WARN if comparisons["severity"] == "warn" else dg.AssetCheckSeverity.ERROR
     return dg.AssetCheckResult(
         passed=passed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ft_assets.evaluation.metrics import (
     MAIN_METRIC,
@@ -17,9 +17,13 @@ from ft_assets.evaluation.metrics import (
     bootstrap_ci,
     paired_test,
     percentile,
+    perplexity,
     score_examples,
     summarize,
 )
+
+if TYPE_CHECKING:
+    from ft_assets.evaluation.runners import LocalResult
 
 FIELD_PREFIX = "field_accuracy:"
 
@@ -77,6 +81,22 @@ def score_model(answered: Answered, golds: Sequence[str], task: str, *, samples:
         "truncated_share": _mean([float(t) for t in answered.truncated]),
     }
     return Scored(row, per_example)
+
+
+def score_local(
+    result: LocalResult, model: str, version: str, golds: Sequence[str], task: str, *, samples: int, seed: int
+) -> tuple[Answered, Scored]:
+    """Return what a local model answered and its evaluations row, with its loss and token accuracy."""
+    answered = Answered(
+        model, version, "local", result.answers, result.latencies_s, result.output_tokens,
+        [p.prompt_tokens for p in result.predictions], [p.truncated for p in result.predictions],
+    )  # fmt: skip
+    scored = score_model(answered, golds, task, samples=samples, seed=seed)
+    row = scored.row
+    row["metrics"] = {**row["metrics"], "token_accuracy": result.token_accuracy, "loss": result.loss}
+    row.update(token_accuracy=result.token_accuracy, loss=result.loss, perplexity=perplexity(result.loss),
+               cost_per_1k_requests_usd=None)  # fmt: skip
+    return answered, scored
 
 
 def prediction_rows(

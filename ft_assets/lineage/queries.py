@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ft_assets.lineage.store import connect
+from ft_assets.lineage.store import connect, connect_current
 
 _WALK = """
 WITH RECURSIVE walk(asset, data_version, depth, via_asset, via_version) AS (
@@ -75,7 +75,7 @@ def impact(db: str | Path, target: str) -> list[dict[str, Any]]:
     return _walk(db, target, upstream=False)
 
 
-MEMBER_COLUMNS = "asset, data_version, position, example_id, group_id, source_file, source_line, source_example_id"
+MEMBER_COLUMNS = "asset, data_version, example_id, group_id, source_file, source_line, source_example_id"
 MODEL_ASSETS = ("base_model", "lora_adapter", "merged_model", "azure_fine_tuned_model", "champion_model")
 CLEANED_ASSET = "cleaned_examples"
 REJECTED_FILE = "rejected.jsonl"
@@ -104,13 +104,13 @@ def _dicts(cursor: Any) -> list[dict[str, Any]]:
 
 
 def _members(connection: Any, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    sql = f"SELECT {MEMBER_COLUMNS} FROM members WHERE {where} ORDER BY asset, data_version, position"
+    sql = f"SELECT {MEMBER_COLUMNS} FROM members WHERE {where} ORDER BY asset, data_version, source_file, source_line"
     return _dicts(connection.execute(sql, params))
 
 
 def splits_with_example(db: str | Path, example_id: str) -> list[dict[str, Any]]:
     """Return every split version that holds the example, with where the example came from."""
-    with connect(db, read_only=True) as connection:
+    with connect_current(db) as connection:
         return _members(connection, "example_id = ?", [example_id])
 
 
@@ -159,7 +159,7 @@ def match_file(given: str, recorded: Iterable[str]) -> list[str]:
 def _recorded_files(connection: Any) -> set[str]:
     """Return the input files named in the members table and, as ``file:<path>`` parents, in the edges table."""
     rows = connection.execute(
-        "SELECT DISTINCT source_file FROM members WHERE source_file IS NOT NULL "
+        "SELECT DISTINCT source_file FROM member_spans WHERE source_file IS NOT NULL "
         "UNION SELECT DISTINCT parent_asset[6:] FROM edges WHERE starts_with(parent_asset, 'file:')"
     ).fetchall()
     return {row[0] for row in rows}
@@ -246,7 +246,7 @@ def _searched(searched: list[dict[str, Any]], finding: str) -> str:
 
 
 def _find_location(db: str | Path, target: str, file: str, line: int, versions: int) -> dict[str, Any] | None:
-    with connect(db, read_only=True) as connection:
+    with connect_current(db) as connection:
         known = _recorded_files(connection)
         files = match_file(file, known)
         rows = _members(connection, "list_contains(?::VARCHAR[], source_file) AND source_line = ?", [files, line])
@@ -272,7 +272,7 @@ def _find_location(db: str | Path, target: str, file: str, line: int, versions: 
 
 
 def _find_id(db: str | Path, example_id: str, versions: int, unmatched_file: str | None) -> dict[str, Any]:
-    with connect(db, read_only=True) as connection:
+    with connect_current(db) as connection:
         rows = _members(connection, "example_id = ?", [example_id])
         if rows:
             return _result(example_id, "id", example_id=example_id, splits=_with_models(connection, rows))
@@ -292,12 +292,6 @@ def _find_id(db: str | Path, example_id: str, versions: int, unmatched_file: str
     return result
 
 
-def _upgrade(db: str | Path) -> None:
-    """Bring a lineage database written by an older version up to the current schema (new columns, tables)."""
-    with connect(db):
-        pass
-
-
 def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
     """Return the evaluation rows of the newest evaluated test split version, best main score first.
 
@@ -306,8 +300,7 @@ def latest_evaluations(db: str | Path) -> list[dict[str, Any]]:
     Each row has ``main_metric``, ``main_score``, ``ci_low``, ``ci_high`` and ``metrics`` (every
     metric by name), besides latency, tokens and cost.
     """
-    _upgrade(db)
-    with connect(db, read_only=True) as connection:
+    with connect_current(db) as connection:
         if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluations'").fetchone()[
             0
         ]:
@@ -336,8 +329,7 @@ def predictions(db: str | Path, model: str, *, worst: int | None = None) -> list
     With ``worst``, only the ``worst`` lowest-scoring examples, lowest first; else in test order.
     An exact model name wins over names that start with ``model``; among those, the newest, then by name.
     """
-    _upgrade(db)
-    with connect(db, read_only=True) as connection:
+    with connect_current(db) as connection:
         if not connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'predictions'").fetchone()[
             0
         ]:

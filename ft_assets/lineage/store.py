@@ -2,9 +2,13 @@
 
 Tables (see README for the SQL):
 - ``materializations``: one row per materialization (asset, data version, code version, run,
-  artifact path, time, config hash and config).
+  artifact path, time, config hash and config, library versions and device).
 - ``edges``: child version <- parent version, for every input a materialization used.
-- ``members``: which examples (id, group, source file/line or source example) a split version holds.
+- ``member_sets`` (each version of a split, numbered ``seq`` per asset in the order recorded) and
+  ``member_spans`` (each member: example id, content hash, group, source file/line or source
+  example, with the span ``first_seq..last_seq`` of versions holding it): which examples a split
+  version holds. A member that consecutive versions share is stored once; the ``members`` view
+  gives one row per (version, member).
 - ``evaluations``: one row per (model version, test split version): the metrics of that model on that split.
 - ``fine_tune_metrics``: per-step losses and token accuracies of an Azure fine-tuned model version.
 
@@ -102,17 +106,41 @@ CREATE TABLE IF NOT EXISTS fine_tune_metrics (
     valid_mean_token_accuracy DOUBLE,
     PRIMARY KEY (model_version, step)
 );
-CREATE TABLE IF NOT EXISTS members (
+ALTER TABLE materializations ADD COLUMN IF NOT EXISTS libraries VARCHAR;
+ALTER TABLE materializations ADD COLUMN IF NOT EXISTS device VARCHAR;
+CREATE TABLE IF NOT EXISTS member_sets (
     asset VARCHAR NOT NULL,
     data_version VARCHAR NOT NULL,
-    position BIGINT NOT NULL,
+    seq INTEGER NOT NULL,
+    members BIGINT NOT NULL,
+    PRIMARY KEY (asset, data_version)
+);
+CREATE TABLE IF NOT EXISTS member_spans (
+    asset VARCHAR NOT NULL,
+    member_id BIGINT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
     example_id VARCHAR NOT NULL,
+    content_hash UBIGINT,
     group_id VARCHAR,
     source_file VARCHAR,
     source_line BIGINT,
-    source_example_id VARCHAR
+    source_example_id VARCHAR,
+    example_key UHUGEINT NOT NULL  -- md5_number(example_id): compares ids without reading the strings
 );
+CREATE INDEX IF NOT EXISTS member_spans_example ON member_spans (example_id);
+CREATE INDEX IF NOT EXISTS member_spans_source_example ON member_spans (source_example_id);
 """
+OPEN_SPAN = 2**31 - 1  # last_seq of a member still in the newest version of its asset
+MEMBERS_VIEW = """
+CREATE VIEW IF NOT EXISTS members AS
+SELECT v.asset, v.data_version, s.example_id, s.content_hash, s.group_id, s.source_file, s.source_line,
+       s.source_example_id, s.member_id
+FROM member_sets v JOIN member_spans s ON s.asset = v.asset AND v.seq BETWEEN s.first_seq AND s.last_seq;
+"""
+EXAMPLE_KEY = "md5_number(example_id)"
+IDENTITY = ("example_id", "content_hash", "group_id", "source_file", "source_line", "source_example_id")
+
 
 LOCK_WORDS = ("lock", "conflicting")
 NOT_YET_VALID = "not a valid DuckDB database file"
@@ -136,6 +164,8 @@ class Materialization:
     parents: list[tuple[str, str]] = field(default_factory=list)
     members_file: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    libraries: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
 
     @property
     def config_json(self) -> str:
@@ -203,6 +233,8 @@ def connect(
         if not read_only:
             connection.execute(SCHEMA)
             _key_evaluations_by_version(connection)
+            _share_members(connection)
+            connection.execute(MEMBERS_VIEW)
         yield connection
     finally:
         connection.close()
@@ -224,35 +256,139 @@ def _key_evaluations_by_version(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute("COMMIT")
 
 
+def _is_current(connection: duckdb.DuckDBPyConnection) -> bool:
+    """Tell whether the newest schema changes are in (every older one came before them)."""
+    try:
+        connection.execute("SELECT m.libraries, m.device, s.member_id FROM materializations m, members s LIMIT 0")
+    except (duckdb.CatalogException, duckdb.BinderException):
+        return False
+    return True
+
+
+@contextmanager
+def connect_current(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the database read-only, first bringing it up to the current schema when an older version wrote it."""
+    with connect(path, read_only=True) as connection:
+        if _is_current(connection):
+            yield connection
+            return
+    with connect(path):
+        pass
+    with connect(path, read_only=True) as connection:
+        yield connection
+
+
+def _share_members(connection: duckdb.DuckDBPyConnection) -> None:
+    """Move a ``members`` table of one row per (version, member) into the shared storage, oldest version first.
+
+    Such tables had no content hash: their members' ``content_hash`` stays NULL (unknown).
+    """
+    (kind,) = connection.execute(
+        "SELECT any_value(table_type) FROM information_schema.tables WHERE table_name = 'members'"
+    ).fetchone()
+    if kind != "BASE TABLE":
+        return
+    connection.execute("BEGIN TRANSACTION")
+    connection.execute("ALTER TABLE members RENAME TO members_one_row_per_version")
+    versions = connection.execute(
+        """
+        SELECT o.asset, o.data_version FROM (SELECT DISTINCT asset, data_version FROM members_one_row_per_version) o
+        LEFT JOIN materializations m USING (asset, data_version)
+        GROUP BY ALL ORDER BY min(m.created_at) NULLS LAST, o.asset, o.data_version
+        """
+    ).fetchall()
+    for asset, version in versions:
+        connection.execute(
+            "CREATE OR REPLACE TEMP VIEW new_members AS SELECT example_id, NULL::UBIGINT AS content_hash, group_id, "
+            "source_file, source_line, source_example_id FROM members_one_row_per_version "
+            f"WHERE asset = {sql_literal(asset)} AND data_version = {sql_literal(version)}"
+        )
+        _add_members(connection, asset, version, "new_members")
+    connection.execute("DROP VIEW IF EXISTS new_members")
+    connection.execute("DROP TABLE members_one_row_per_version")
+    connection.execute("COMMIT")
+
+
+def sql_literal(text: str) -> str:
+    """Return ``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _add_members(connection: duckdb.DuckDBPyConnection, asset: str, version: str, source: str) -> None:
+    """Record the members of a new version of ``asset`` (``source``: a relation with the ``IDENTITY`` columns).
+
+    Members equal (in every ``IDENTITY`` column) to one of the asset's previous version keep its
+    row and span; the spans of those left out end at the previous version; the rest get new rows.
+    A version already recorded is left as it is (a data version names one content).
+    """
+    if connection.execute(
+        "SELECT 1 FROM member_sets WHERE asset = ? AND data_version = ?", [asset, version]
+    ).fetchone():
+        return
+    (seq,) = connection.execute("SELECT coalesce(max(seq), 0) + 1 FROM member_sets WHERE asset = ?", [asset]).fetchone()
+    columns = ", ".join(IDENTITY)
+    same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM o.{c}" for c in IDENTITY)
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE incoming AS
+        WITH o AS (SELECT * FROM member_spans WHERE asset = $asset AND last_seq = {OPEN_SPAN})
+        SELECT n.*, o.member_id FROM (SELECT DISTINCT {columns} FROM {source}) n LEFT JOIN o ON {same}
+        """,
+        {"asset": asset},
+    )
+    connection.execute(
+        f"""
+        UPDATE member_spans SET last_seq = $seq - 1
+        WHERE asset = $asset AND last_seq = {OPEN_SPAN}
+          AND member_id NOT IN (SELECT member_id FROM incoming WHERE member_id IS NOT NULL)
+        """,
+        {"asset": asset, "seq": seq},
+    )
+    connection.execute(
+        f"""
+        INSERT INTO member_spans BY NAME
+        SELECT $asset AS asset, (SELECT coalesce(max(member_id), 0) FROM member_spans) + row_number() OVER ()
+               AS member_id, $seq AS first_seq, {OPEN_SPAN} AS last_seq, {columns}, {EXAMPLE_KEY} AS example_key
+        FROM incoming WHERE member_id IS NULL
+        """,
+        {"asset": asset, "seq": seq},
+    )
+    connection.execute("INSERT INTO member_sets SELECT ?, ?, ?, count(*) FROM incoming", [asset, version, seq])
+    connection.execute("DROP TABLE incoming")
+
+
 def record(path: str | Path, materialization: Materialization, members: Any = None) -> None:
     """Write one materialization, its edges and (optionally) its members, in one transaction.
 
-    ``members`` is a pyarrow Table with the columns of the ``members`` table (without asset,
-    data_version). Re-recording the same materialization replaces it, so this is idempotent.
+    ``members`` is a pyarrow Table as a split's ``members.parquet`` holds it (``example_id``,
+    ``group_id``, ``file``, ``line``, ``source_id`` and, from splits written since it exists,
+    ``content_hash``). Re-recording the same materialization replaces it (the members of a version
+    already recorded stay as they are: a data version names one content), so this is idempotent.
     """
     m = materialization
     with connect(path) as connection:
         connection.execute("BEGIN TRANSACTION")
         connection.execute(
-            "INSERT OR REPLACE INTO materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [m.asset, m.data_version, m.code_version, m.run_id, m.path, m.created_at, m.config_hash, m.config_json],
-        )
+            "INSERT OR REPLACE INTO materializations (asset, data_version, code_version, run_id, path, created_at, "
+            "config_hash, config_json, libraries, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [m.asset, m.data_version, m.code_version, m.run_id, m.path, m.created_at, m.config_hash, m.config_json,
+             json.dumps(m.libraries, sort_keys=True), m.device],
+        )  # fmt: skip
         for parent_asset, parent_version in m.parents:
             connection.execute(
                 "INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)",
                 [m.asset, m.data_version, parent_asset, parent_version],
             )
         if members is not None:
-            connection.execute("DELETE FROM members WHERE asset = ? AND data_version = ?", [m.asset, m.data_version])
-            connection.register("new_members", members)
+            content = "content_hash" if "content_hash" in members.column_names else "NULL::UBIGINT"
+            connection.register("members_file", members)
             connection.execute(
-                """
-                INSERT INTO members
-                SELECT ?, ?, position, example_id, group_id, file, line, source_id FROM new_members
-                """,
-                [m.asset, m.data_version],
+                f"CREATE OR REPLACE TEMP VIEW new_members AS SELECT example_id, {content} AS content_hash, group_id, "
+                "file AS source_file, line AS source_line, source_id AS source_example_id FROM members_file"
             )
-            connection.unregister("new_members")
+            _add_members(connection, m.asset, m.data_version, "new_members")
+            connection.execute("DROP VIEW new_members")
+            connection.unregister("members_file")
         connection.execute("COMMIT")
 
 

@@ -1,7 +1,7 @@
 """Rebuild the lineage database from Dagster's event log (every materialization carries its lineage).
 
-Materializations, edges and members come from the event log; evaluation rows, predictions and
-fine-tune metrics from the artifact folders the materializations point at. The event log is the
+Materializations, edges, members and champion decisions come from the event log; evaluation
+rows, predictions and fine-tune metrics from the artifact folders the materializations point at. The event log is the
 one of the Dagster instance that ``DAGSTER_HOME`` names, whatever the working directory.
 """
 
@@ -40,17 +40,16 @@ def dagster_home() -> Path:
     return Path(home).expanduser()
 
 
-def lineage_entries(instance: dg.DagsterInstance) -> Iterator[dict[str, Any]]:
-    """Yield the ``lineage`` metadata of every materialization in the instance, oldest first."""
+def recorded_materializations(instance: dg.DagsterInstance) -> Iterator[dict[str, Any]]:
+    """Yield the metadata (values) of every materialization in the instance that carries lineage, oldest first."""
     for key in instance.get_asset_keys():
         cursor = None
         while True:
             result = instance.fetch_materializations(key, limit=PAGE, cursor=cursor, ascending=True)
             for event in result.records:
                 materialization = event.asset_materialization
-                entry = materialization.metadata.get("lineage") if materialization else None
-                if entry is not None:
-                    yield entry.value
+                if materialization and "lineage" in materialization.metadata:
+                    yield {name: value.value for name, value in materialization.metadata.items()}
             if not result.has_more:
                 break
             cursor = result.cursor
@@ -82,9 +81,12 @@ def sync(instance: dg.DagsterInstance, db: str | Path) -> dict[str, int]:
     """Re-record every materialization found in the event log, and the results its artifact holds; return counts."""
     import pyarrow.parquet as pq
 
-    counts = {"materializations": 0, "members_missing": 0, "evaluations": 0, "predictions": 0, "fine_tune_metrics": 0}
-    for entry in lineage_entries(instance):
-        materialization = Materialization.from_dict(entry)
+    from ft_assets.champion.store import record_decisions
+
+    counts = {"materializations": 0, "members_missing": 0, "evaluations": 0, "predictions": 0, "fine_tune_metrics": 0,
+              "promotions": 0}  # fmt: skip
+    for metadata in recorded_materializations(instance):
+        materialization = Materialization.from_dict(metadata["lineage"])
         members = None
         if materialization.members_file:
             if Path(materialization.members_file).exists():
@@ -93,5 +95,8 @@ def sync(instance: dg.DagsterInstance, db: str | Path) -> dict[str, int]:
                 counts["members_missing"] += 1
         record(db, materialization, members)
         _restore_results(db, materialization, counts)
+        if decisions := metadata.get("promotions"):  # champion_model's decisions (hand overrides are not events)
+            record_decisions(db, decisions)
+            counts["promotions"] += len(decisions)
         counts["materializations"] += 1
     return counts

@@ -6,6 +6,7 @@ again. Metadata is read back from the artifact folder, so a reused artifact show
 """
 
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
+from ft_assets.defaults import BASE_MODEL_ENV, BUILTIN_SOURCE
 from ft_assets.metadata import image, markdown_table
 from ft_assets.resources import ArtifactStore, LineageStore
 
@@ -27,18 +29,20 @@ MERGE_CODE = source_version(__name__, "merged_model")
 # they stay out of its version, so the same weights from the same inputs give the same version.
 BASE_REPORTS = ("pretraining_history.json", "pretraining_loss.png")
 LORA_REPORTS = ("training_summary.json", "training_history.json", "loss_curve.png", "README.md")
-BUILTIN_SOURCE = "builtin"
 BUILTIN_LEARNING_RATE = 2e-2
 PRETRAINED_LEARNING_RATE = 2e-4
 PARITY_TOLERANCE = 1e-4
 HALF_PRECISION_TOLERANCE = 5e-2
+CPU = "cpu"
 
 
 class BaseModelConfig(dg.Config):
     """Which base model to fine-tune: the built-in tiny Llama (default) or a Hugging Face id / local path."""
 
     source: str = Field(
-        BUILTIN_SOURCE, description="'builtin' (a small Llama built offline), a hub id or a local path."
+        default_factory=lambda: os.environ.get(BASE_MODEL_ENV, BUILTIN_SOURCE),
+        description=f"'builtin' (a small Llama built offline), a hub id or a local path; default {BASE_MODEL_ENV} "
+        "or builtin.",
     )
     allow_download: bool = Field(False, description="Let a hub id be downloaded (otherwise only the local cache).")
     seed: int = Field(0, description="Seed of the built-in model's initialisation and pretraining.")
@@ -73,6 +77,11 @@ class LoraAdapterConfig(dg.Config):
     seed: int = Field(0, description="Training seed.")
     early_stopping_patience: int | None = Field(
         None, description="Stop after this many epochs without a better eval loss."
+    )
+    init_from: Literal["base", "champion"] = Field(
+        "base",
+        description="'base': a fresh adapter; 'champion': continue training the serving model's adapter (it must "
+        "have been trained on this base_model; its rank and target modules are kept).",
     )
     quantization: Literal["none", "4bit"] = Field("none", description="'4bit' for QLoRA (needs CUDA and bitsandbytes).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -119,8 +128,9 @@ def _output(
     lineage: LineageStore,
     reused: bool,
     metadata: dict[str, Any],
+    device: str | None,
 ) -> dg.Output[ArtifactRef]:
-    recorded = lineage.record(context, ref, parents, config)
+    recorded = lineage.record(context, ref, parents, config, device=device)
     return dg.Output(ref, data_version=dg.DataVersion(ref.version), metadata={**recorded, "reused": reused, **metadata})
 
 
@@ -138,6 +148,7 @@ def _base_metadata(ref: ArtifactRef) -> dict[str, Any]:
     group_name=GROUP,
     code_version=BASE_CODE,
     kinds={"pytorch"},
+    deps=["base_model_source"],
     description="The model to fine-tune. Default: a small Llama built offline (BPE tokenizer trained on the train "
     "split, seeded init, short pretraining on the prompts only). Or a Hugging Face id / local path.",
 )
@@ -177,13 +188,14 @@ def base_model(
             ref = artifacts.publish(staging, "base_model", reports=BASE_REPORTS)
         artifacts.remember("base_model", key, ref)
     parents = [train_split] if builtin else []
-    return _output(context, ref, parents, config, lineage, reused, _base_metadata(ref))
+    device = CPU if builtin else None  # the built-in model is pretrained on the CPU; a hub model is only referenced
+    return _output(context, ref, parents, config, lineage, reused, _base_metadata(ref), device)
 
 
 def _settings(config: LoraAdapterConfig, base: ArtifactRef) -> Any:
     from ft_assets.training.lora import LoraSettings
 
-    values = config.model_dump()
+    values = config.model_dump(exclude={"init_from"})  # where training starts is an input, not a setting
     if values["learning_rate"] is None:
         builtin = json.loads(base.file("summary.json").read_text())["source"].startswith("builtin")
         values["learning_rate"] = BUILTIN_LEARNING_RATE if builtin else PRETRAINED_LEARNING_RATE
@@ -196,6 +208,8 @@ def model_card(base: ArtifactRef, train: ArtifactRef, validation: ArtifactRef, s
     settings = summary["settings"]
     rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(settings.items()) if name != "extra")
     data_note = _data_note(summary.get("data", {}).get("train", {}))
+    if summary.get("initialized_from"):
+        data_note += f"Continued from the champion's adapter lora_adapter@{summary['initialized_from']}.\n\n"
     return f"""# LoRA adapter (ft-assets)
 
 Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on assistant turns, weight-0 ones excepted).
@@ -273,18 +287,49 @@ def lora_adapter(
 ) -> dg.Output[ArtifactRef]:
     """Train the adapter out of process, write its model card and loss curve, and publish it."""
     settings = _settings(config, base_model)
+    start = _champion_adapter(lineage, base_model) if config.init_from == "champion" else None
     versions = {"base": base_model.version, "train": train_split.version, "validation": validation_split.version}
-    key = inputs_key(code=LORA_CODE, settings=asdict(settings), **versions)
+    key = inputs_key(code=LORA_CODE, settings=asdict(settings), init=start and start.version, **versions)
     ref = _reuse(context, artifacts, "lora_adapter", key)
     reused = ref is not None
     if ref is None:
+        if start is not None:
+            context.log.info(f"lora_adapter: continuing from the champion's adapter lora_adapter@{start.version}")
         ref = _train(
-            context, settings, base_model, train_split, validation_split, artifacts, pipes_client, training_launcher
-        )
+            context, settings, base_model, train_split, validation_split, artifacts, pipes_client, training_launcher,
+            start,
+        )  # fmt: skip
         artifacts.remember("lora_adapter", key, ref)
-    return _output(
-        context, ref, [base_model, train_split, validation_split], config, lineage, reused, _lora_metadata(ref)
-    )
+    metadata = _lora_metadata(ref)
+    parents = [base_model, train_split, validation_split, *([start] if start else [])]
+    return _output(context, ref, parents, config, lineage, reused, metadata, metadata["device"])
+
+
+def _champion_adapter(lineage: LineageStore, base: ArtifactRef) -> ArtifactRef:
+    """Return the adapter of the current champion, to continue training from; fail saying why it cannot be."""
+    from ft_assets.champion.store import current_champion, history, materialization, parents_of
+
+    champion = current_champion(history(lineage.path))
+    if champion is None:
+        raise dg.Failure("lora_adapter: init_from is 'champion' but there is no champion yet; use init_from: base")
+    if champion.asset != "merged_model":
+        raise dg.Failure(
+            f"lora_adapter: the champion {champion.name} is not a local merged model, so it has no LoRA adapter to "
+            "continue from; use init_from: base (an Azure champion continues through azure_finetune_job)"
+        )
+    parents = parents_of(lineage.path, "merged_model", champion.version)
+    adapter, trained_on = parents.get("lora_adapter"), parents.get("base_model")
+    if adapter is None:
+        raise dg.Failure(f"lora_adapter: lineage records no adapter of the champion {champion.name}")
+    if trained_on != base.version:
+        raise dg.Failure(
+            f"lora_adapter: the champion's adapter lora_adapter@{adapter} was trained on base_model@{trained_on}, "
+            f"not on this base_model@{base.version}; continue only on the same base, or use init_from: base"
+        )
+    recorded = materialization(lineage.path, "lora_adapter", adapter)
+    if recorded is None or not recorded["path"] or not Path(recorded["path"]).is_dir():
+        raise dg.Failure(f"lora_adapter: the folder of the champion's adapter lora_adapter@{adapter} is gone")
+    return ArtifactRef("lora_adapter", adapter, recorded["path"])
 
 
 def _train(
@@ -296,6 +341,7 @@ def _train(
     artifacts: ArtifactStore,
     pipes_client: dg.PipesSubprocessClient,
     launcher: TrainingLauncher,
+    start: ArtifactRef | None = None,
 ) -> ArtifactRef:
     from ft_assets.plots import loss_curve
 
@@ -308,6 +354,7 @@ def _train(
             "scratch": str(scratch),
             "settings": asdict(settings),
             "error_file": str(scratch / "error.txt"),
+            "init_adapter": start.path if start else None,
         }
         job_file = scratch / "job.json"
         job_file.write_text(json.dumps(job, indent=2))
@@ -369,7 +416,7 @@ def merged_model(
             ref = artifacts.publish(staging, "merged_model")
         artifacts.remember("merged_model", key, ref)
     summary = json.loads(ref.file("merge_summary.json").read_text())
-    return _output(context, ref, [base_model, lora_adapter], {}, lineage, reused, summary)
+    return _output(context, ref, [base_model, lora_adapter], {}, lineage, reused, summary, CPU)  # merged on the CPU
 
 
 @dg.asset_check(

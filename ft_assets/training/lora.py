@@ -234,7 +234,12 @@ def sft_trainer(
     precision: str,
     callbacks: Sequence[Any] = (),
 ) -> Any:
-    """Return the trl ``SFTTrainer`` for the conversations (tokenized here; labels -100 outside trained turns)."""
+    """Return the trl ``SFTTrainer`` for the conversations (tokenized here; labels -100 outside trained turns).
+
+    A ``model`` that already carries a trainable adapter (continued fine-tuning) is trained as it
+    is; otherwise a fresh LoRA adapter from ``settings`` is added.
+    """
+    from peft import PeftModel
     from trl import SFTTrainer
 
     return SFTTrainer(
@@ -243,9 +248,25 @@ def sft_trainer(
         train_dataset=tokenized_dataset(tokenizer, train),
         eval_dataset=tokenized_dataset(tokenizer, validation) if validation else None,
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        peft_config=None if isinstance(model, PeftModel) else lora_config(settings),
         callbacks=list(callbacks),
     )
+
+
+def continue_from(model: Any, adapter_dir: Path, log: Log) -> Any:
+    """Put the trained adapter in ``adapter_dir`` on ``model``, trainable: training goes on from its weights.
+
+    The adapter keeps its own shape (rank, alpha, target modules); those settings of this run
+    do not apply, and the log says so.
+    """
+    from peft import PeftModel
+
+    shape = json.loads((adapter_dir / "adapter_config.json").read_text())
+    log(
+        f"continuing from the adapter in {adapter_dir.name}: r={shape.get('r')}, alpha={shape.get('lora_alpha')}, "
+        f"target modules {', '.join(shape.get('target_modules') or [])} (this run's r, alpha and modules do not apply)"
+    )
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
 def portable_adapter_config(config_file: Path, base_dir: Path) -> None:
@@ -271,8 +292,12 @@ def train_lora(
     *,
     log: Log = print,
     scratch: Path | None = None,
+    init_adapter: Path | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on the train split and save it (adapter + tokenizer) to ``out_dir``.
+
+    With ``init_adapter`` (an adapter trained on the same base model), training starts from its
+    weights instead of a fresh adapter.
 
     Returns a summary: hyperparameters, device, losses, trainable parameters, tokens per second.
     """
@@ -299,6 +324,8 @@ def train_lora(
     model, tokenizer = load_base(base_dir, quantization)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model)
+    if init_adapter is not None:
+        model = continue_from(model, init_adapter, log)
     history: list[dict[str, Any]] = []
     callbacks = [_progress_callback(log, history)]
     if settings.early_stopping_patience is not None and validation:
@@ -325,6 +352,7 @@ def train_lora(
     runtime = result.metrics.get("train_runtime", seconds)
     summary = {
         "settings": asdict(settings),
+        "initialized_from": init_adapter.name if init_adapter is not None else None,
         "device": device,
         "precision": precision,
         "train_examples": len(train),

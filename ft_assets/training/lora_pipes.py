@@ -35,6 +35,7 @@ def run_job(job: dict[str, Any], log: Any) -> dict[str, Any]:
         LoraSettings(**settings),
         log=log,
         scratch=Path(job["scratch"]) if job.get("scratch") else None,
+        init_adapter=Path(job["init_adapter"]) if job.get("init_adapter") else None,
     )
 
 

@@ -1,0 +1,6 @@
+"""Defaults shared by the assets and the automation that watches their sources (no imports: narrow code versions)."""
+
+BASE_MODEL_ENV = "FT_ASSETS_BASE_MODEL"  # the base model's default source, and the one automation watches
+BUILTIN_SOURCE = "builtin"
+RAW_FOLDER = "data/raw"  # raw_examples' default folder, and the one automation watches
+RAW_PATTERN = "*.jsonl|*.json"

@@ -1,0 +1,278 @@
+"""Retraining by itself: the policy, the content-hash observations and Dagster's automation evaluation."""
+
+import datetime
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_assets.automation import (
+    AZURE,
+    BASE_MODEL_SOURCE,
+    OFF,
+    POLICY_ENV,
+    RAW_DATA,
+    RETRAINING_TAG,
+    RetrainPolicy,
+    automate,
+    base_model_source,
+    raw_data,
+    watch_sources,
+)
+from ft_assets.watch import HashCache, base_model_version, folder_version
+from ft_assets_tests.conftest import chat, write_jsonl
+
+UTC = datetime.UTC
+
+
+# -- policy ------------------------------------------------------------------------------------
+
+
+def test_policy_parses_on_change_off_and_cron() -> None:
+    assert RetrainPolicy.parse(None) == RetrainPolicy.parse("") == RetrainPolicy.parse("on_change") == RetrainPolicy()
+    assert RetrainPolicy.parse(OFF) == RetrainPolicy(enabled=False)
+    assert RetrainPolicy.parse(" 0 3 * * * ") == RetrainPolicy(cron="0 3 * * *")
+    assert str(RetrainPolicy.parse("*/15 * * * *")) == "cron '*/15 * * * *' (UTC)"
+
+
+@pytest.mark.parametrize("value", ["hourly", "0 3 * *", "61 * * * *", "onchange"])
+def test_an_invalid_policy_says_what_is_accepted(value: str) -> None:
+    with pytest.raises(ValueError, match=f"{POLICY_ENV}=.*on_change.*off.*cron expression"):
+        RetrainPolicy.parse(value)
+
+
+def test_the_policy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(POLICY_ENV, "30 2 * * 1")
+    assert RetrainPolicy.from_environment() == RetrainPolicy(cron="30 2 * * 1")
+    monkeypatch.delenv(POLICY_ENV)
+    assert RetrainPolicy.from_environment() == RetrainPolicy()
+
+
+# -- observations ------------------------------------------------------------------------------
+
+
+def _raw_folder(root: Path) -> Path:
+    folder = root / "data" / "raw"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "a.jsonl", [chat(f"invoice {i}", "Category: Travel") for i in range(5)])
+    (folder / "notes.txt").write_text("not raw data")
+    return folder
+
+
+def test_folder_version_ignores_mtime_and_other_files_and_follows_content(tmp_path: Path) -> None:
+    folder = _raw_folder(tmp_path)
+    cache = HashCache.load(tmp_path / "cache.json")
+    first = folder_version(folder, "*.jsonl|*.json", cache)
+    assert first.metadata["files"] == 1
+
+    os.utime(folder / "a.jsonl", (1_000_000_000, 1_000_000_000))  # touched: mtime only
+    (folder / "notes.txt").write_text("edited, but not a raw data file")
+    (folder / ".a.jsonl.swp").write_text("an editor's hidden file")
+    assert folder_version(folder, "*.jsonl|*.json", cache).version == first.version
+
+    write_jsonl(folder / "b.jsonl", [chat("new invoice", "Category: Meals")])
+    second = folder_version(folder, "*.jsonl|*.json", cache)
+    assert second.version != first.version
+    (folder / "b.jsonl").write_bytes((folder / "b.jsonl").read_bytes().replace(b"Meals", b"Hotel"))
+    assert folder_version(folder, "*.jsonl|*.json", cache).version not in (first.version, second.version)
+
+
+def test_a_missing_folder_is_absent(tmp_path: Path) -> None:
+    assert folder_version(tmp_path / "nowhere", "*.jsonl", HashCache()).version == "absent"
+
+
+def test_hash_cache_rehashes_only_changed_files_and_persists(tmp_path: Path) -> None:
+    folder = _raw_folder(tmp_path)
+    cache = HashCache.load(tmp_path / "cache.json")
+    version = folder_version(folder, "*.jsonl", cache).version
+    assert (tmp_path / "cache.json").is_file()
+
+    reloaded = HashCache.load(tmp_path / "cache.json")
+    name = str((folder / "a.jsonl").resolve())
+    reloaded.entries[name][2] = "0" * 64  # a cached digest is trusted while size and mtime are unchanged
+    assert folder_version(folder, "*.jsonl", reloaded).version != version
+    os.utime(folder / "a.jsonl", (1_000_000_000, 1_000_000_000))  # a new mtime: hashed again
+    assert folder_version(folder, "*.jsonl", reloaded).version == version
+
+
+def test_base_model_versions_are_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = HashCache()
+    assert base_model_version("builtin", cache).version == "builtin"
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    local = base_model_version(str(model), cache).version
+    os.utime(model / "config.json", (1_000_000_000, 1_000_000_000))
+    assert base_model_version(str(model), cache).version == local
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    assert base_model_version(str(model), cache).version != local
+
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    assert base_model_version("org/absent", cache).version == "org/absent@not-in-local-cache"
+    snapshot = hub / "models--org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    assert base_model_version("org/tiny", cache).version == "org/tiny@abc123"
+
+
+# -- automation evaluation ---------------------------------------------------------------------
+
+
+@dg.asset(deps=[raw_data])
+def stand_in_raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """raw_examples' place: depends on raw_data."""
+    return dg.MaterializeResult()
+
+
+@dg.asset(deps=[base_model_source, stand_in_raw])
+def stand_in_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The trained model's place: depends on the data and the base model source."""
+    return dg.MaterializeResult()
+
+
+@dg.asset_check(asset=stand_in_model, blocking=True)
+def stand_in_check() -> dg.AssetCheckResult:
+    """A blocking check rides along with its asset."""
+    return dg.AssetCheckResult(passed=True)
+
+
+@dg.asset(group_name="azure")
+def stand_in_azure() -> dg.MaterializeResult:
+    """Azure's place: never automated."""
+    return dg.MaterializeResult()
+
+
+MAIN = dg.define_asset_job(
+    "main",
+    selection=(dg.AssetSelection.all() | dg.AssetSelection.assets(raw_data, base_model_source)) - AZURE,
+    tags={RETRAINING_TAG: "main"},
+)
+
+
+def _defs(policy: RetrainPolicy) -> dg.Definitions:
+    defs = dg.Definitions(
+        assets=[raw_data, base_model_source, stand_in_raw, stand_in_model, stand_in_azure],
+        asset_checks=[stand_in_check],
+        jobs=[MAIN],
+    )
+    return automate(defs, MAIN.selection, policy)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project folder with data/raw, as the working directory; the base model is the builtin one."""
+    for path in _raw_folder(tmp_path).iterdir():
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # written long ago: settled
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FT_ASSETS_BASE_MODEL", raising=False)
+    yield tmp_path
+
+
+class Ticks:
+    """Evaluate the automation conditions tick after tick, as the retraining sensor does."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def requested(self, at: datetime.datetime | None = None) -> set[str]:
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=at
+        )
+        self.cursor = result.cursor
+        return {r.key.to_user_string() for r in result.results if isinstance(r.key, dg.AssetKey) and r.true_subset.size}
+
+
+def _watch(instance: dg.DagsterInstance) -> list[str]:
+    """Run the watch_sources sensor once; record its observations; return the keys it observed."""
+    result = watch_sources(dg.build_sensor_context(instance=instance))
+    events = result.asset_events if isinstance(result, dg.SensorResult) else []
+    for event in events:
+        instance.report_runless_asset_event(event)
+    return [event.asset_key.to_user_string() for event in events]
+
+
+def _add_raw_file(project: Path, name: str) -> None:
+    path = write_jsonl(project / "data" / "raw" / name, [chat(f"{name} {i}", "Category: Meals") for i in range(3)])
+    os.utime(path, (1_000_000_000, 1_000_000_000))  # written long ago: no need to wait for it to settle
+
+
+def test_every_main_job_asset_is_automated_and_the_sensors_run_by_default(project: Path) -> None:
+    from ft_assets.definitions import defs, main_job
+
+    repository = defs.get_repository_def()
+    graph = repository.asset_graph
+    main_keys = main_job.selection.resolve(graph)
+    assert {RAW_DATA, BASE_MODEL_SOURCE, dg.AssetKey("champion_model")} <= main_keys
+    for key in graph.get_all_asset_keys():
+        condition = graph.get(key).automation_condition
+        retrained = key in main_keys and key not in (RAW_DATA, BASE_MODEL_SOURCE)
+        assert (condition is not None) == retrained, key
+    sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
+    assert sensors["retraining"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["watch_sources"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert "default_automation_condition_sensor" not in sensors  # every condition has our (running) sensor
+    assert sensors["retraining"].run_tags == {RETRAINING_TAG: "automation"}
+
+
+def test_policy_off_keeps_watching_but_requests_nothing(project: Path) -> None:
+    defs = _defs(RetrainPolicy(enabled=False))
+    sensors = {sensor.name for sensor in defs.get_repository_def().sensor_defs}
+    assert sensors == {"watch_sources"}
+
+
+def test_on_change_retrains_after_a_content_change_only(project: Path) -> None:
+    defs = _defs(RetrainPolicy())
+    instance = dg.DagsterInstance.ephemeral()
+    ticks = Ticks(defs, instance)
+    assert ticks.requested() == set()
+    assert _watch(instance) == ["raw_data", "base_model_source"]  # a fresh instance: first observations
+    assert ticks.requested() == set()  # never materialized: the main job makes the first version
+
+    assert defs.resolve_job_def("main").execute_in_process(instance=instance).success
+    assert _watch(instance) == []  # the main job observed what it trained from
+    assert ticks.requested() == set()
+    os.utime(project / "data" / "raw" / "a.jsonl", (1_500_000_000, 1_500_000_000))  # touched, not changed
+    assert _watch(instance) == []
+    assert ticks.requested() == set()
+
+    _add_raw_file(project, "new.jsonl")
+    assert _watch(instance) == ["raw_data"]
+    assert ticks.requested() == {"stand_in_raw", "stand_in_model"}
+    assert ticks.requested() == set()  # requested once, not again on the next tick
+
+
+def test_a_file_still_being_written_waits_for_the_next_tick(project: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    _watch(instance)
+    write_jsonl(project / "data" / "raw" / "now.jsonl", [chat("written now", "Category: Meals")])
+    assert _watch(instance) == []
+    os.utime(project / "data" / "raw" / "now.jsonl", (1_000_000_000, 1_000_000_000))
+    assert _watch(instance) == ["raw_data"]
+
+
+def test_cron_retrains_at_the_tick_only_if_something_changed(project: Path) -> None:
+    defs = _defs(RetrainPolicy(cron="0 3 * * *"))
+    instance = dg.DagsterInstance.ephemeral()
+    day = datetime.datetime(2030, 1, 1, tzinfo=UTC)
+    ticks = Ticks(defs, instance)
+    assert ticks.requested(day.replace(hour=1)) == set()
+    assert defs.resolve_job_def("main").execute_in_process(instance=instance).success
+    assert ticks.requested(day.replace(hour=2)) == set()
+    assert ticks.requested(day.replace(hour=3, minute=1)) == set()  # the tick passed, nothing changed
+
+    _add_raw_file(project, "new.jsonl")
+    assert _watch(instance) == ["raw_data"]
+    assert ticks.requested(day.replace(hour=4)) == set()  # changed, but before the next tick
+    assert ticks.requested(day.replace(hour=12)) == set()
+    next_day = day + datetime.timedelta(days=1)
+    assert ticks.requested(next_day.replace(hour=3, minute=1)) == {"stand_in_raw", "stand_in_model"}
+    assert ticks.requested(next_day.replace(hour=3, minute=2)) == set()
