@@ -64,31 +64,48 @@ def folder_hash(folder: Path, reports: Iterable[str] = ()) -> str:
 
 
 def _lock(lock_file: Path) -> object | None:
-    """Hold an exclusive lock on ``lock_file`` for as long as the returned handle is open (None without fcntl)."""
+    """Hold an exclusive lock on ``lock_file`` for as long as the returned handle is open.
+
+    Without ``fcntl`` (Windows) the file is only created: its age tells a sweeper (None is returned).
+    """
     try:
         import fcntl
     except ImportError:
+        lock_file.touch()
         return None
-    handle = open(lock_file, "a")  # noqa: SIM115 - held open for the folder's lifetime
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+    while True:
+        handle = open(lock_file, "a")  # noqa: SIM115 - held open for the folder's lifetime
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_file).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return handle
+        handle.close()  # a sweeper removed this file while we waited: lock the one now there
 
 
-def _owner_alive(lock_file: Path) -> bool:
-    """Return True when a living process holds ``lock_file`` (or, without fcntl, when it is recent)."""
+def _sweep_one(work: Path, lock_file: Path) -> bool:
+    """Remove ``work`` and its lock when no living writer holds the lock; return whether it was removed."""
     try:
         import fcntl
     except ImportError:
-        return lock_file.exists() and time.time() - lock_file.stat().st_mtime < UNLOCKED_SWEEP_AGE_S
-    if not lock_file.exists():
-        return False
+        if lock_file.exists() and time.time() - lock_file.stat().st_mtime < UNLOCKED_SWEEP_AGE_S:
+            return False
+        shutil.rmtree(work, ignore_errors=True)
+        lock_file.unlink(missing_ok=True)
+        return True
+    if not lock_file.exists():  # a writer locks before it makes its folder: this one's writer is gone
+        shutil.rmtree(work, ignore_errors=True)
+        return True
     with open(lock_file, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+            return False
+        shutil.rmtree(work, ignore_errors=True)  # removed while holding the lock: no writer can take it now
+        lock_file.unlink(missing_ok=True)
+    return True
 
 
 def sweep(folder: Path) -> list[Path]:
@@ -97,16 +114,13 @@ def sweep(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for path in sorted(folder.iterdir()):
-        if not path.name.startswith(WORK_PREFIXES):
+        if not path.name.startswith(WORK_PREFIXES) or not path.exists():  # gone with its folder or lock
             continue
         work, lock_file = (path.with_suffix(""), path) if path.suffix == ".lock" else (path, Path(f"{path}.lock"))
         if work.exists() and path == lock_file:
             continue  # handled with its folder
-        if _owner_alive(lock_file):
-            continue
-        shutil.rmtree(work, ignore_errors=True)
-        lock_file.unlink(missing_ok=True)
-        removed.append(work)
+        if _sweep_one(work, lock_file):
+            removed.append(work)
     return removed
 
 

@@ -130,8 +130,12 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(artifact_metadata(obj))
 
     def load_input(self, context: dg.InputContext) -> ArtifactRef:
-        """Return the upstream artifact this run made, or the newest one that passed its checks."""
-        from ft_assets.upstream import made_in_run, newest_passed
+        """Return the upstream artifact this run made, or the newest one that passed its checks.
+
+        A check run on its own looks at the newest version of the asset it checks, whatever that
+        version's checks said before; a re-execution uses what its parent runs made, if it passed.
+        """
+        from ft_assets.upstream import checks_passed, made_in_run, newest, newest_passed
 
         key, step = context.asset_key, context.step_context
         instance, run = step.instance, step.dagster_run
@@ -139,8 +143,14 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         parent = run.parent_run_id
         while ref is None and parent is not None:  # a re-execution: what its parent runs made
             ref = made_in_run(instance, parent, key)
+            if ref is not None and not checks_passed(instance, parent, key):
+                context.log.warning(f"{key.to_user_string()}: the parent run's version did not pass its checks")
+                ref = None
+                break
             parent_run = instance.get_run_by_id(parent)
             parent = parent_run.parent_run_id if parent_run else None
+        if ref is None and _checks_only(step, key):
+            ref = newest(instance, key)  # a check-only step judges the newest version
         if ref is None:
             ref = newest_passed(instance, key)
             if ref is None:
@@ -151,6 +161,13 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"artifact folder {ref.path} of {key.to_user_string()} is gone: re-materialize it")
         context.log.debug(f"{key.to_user_string()}: loading version {ref.version}")
         return ref
+
+
+def _checks_only(step: Any, key: dg.AssetKey) -> bool:
+    """Tell whether ``step`` runs checks only, one of them on ``key``."""
+    entities = step.job_def.asset_layer.get_selected_entity_keys_for_node(step.node_handle)
+    checks = [entity for entity in entities if isinstance(entity, dg.AssetCheckKey)]
+    return bool(checks) and len(checks) == len(entities) and key in {check.asset_key for check in checks}
 
 
 def _from_env(name: str) -> dg.EnvVar | None:

@@ -71,6 +71,8 @@ def test_data_job_materializes_data_assets_with_checks_and_lineage(project):
         checks = result.get_asset_check_evaluations()
         assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} == {
             ("train_split", "train_split_has_enough_examples"),
+            ("train_split", "splits_do_not_overlap"),
+            ("validation_split", "splits_do_not_overlap"),
             ("test_split", "splits_do_not_overlap"),
             ("train_split", "format_valid"),
             ("validation_split", "format_valid"),
@@ -171,7 +173,7 @@ def test_any_asset_runs_alone_or_with_its_upstream(project, selection):
     if selection == "train_split":
         assert materialized == {"train_split"}
         checks = {c.check_name for c in result.get_asset_check_evaluations()}
-        assert checks == {"format_valid", "train_split_has_enough_examples"}
+        assert checks == {"format_valid", "train_split_has_enough_examples", "splits_do_not_overlap"}
     else:
         assert {"cleaned_examples", "train_split", "validation_split"} <= materialized
         assert "test_split" not in materialized, "azure_training_files reads train and validation only"

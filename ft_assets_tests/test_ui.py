@@ -42,8 +42,8 @@ GROUPS = {
     "champion_model": "deployment",
 }
 EXPECTED_CHECKS = {
-    "train_split": {"train_split_has_enough_examples", "format_valid"},
-    "validation_split": {"format_valid"},
+    "train_split": {"train_split_has_enough_examples", "format_valid", "splits_do_not_overlap"},
+    "validation_split": {"format_valid", "splits_do_not_overlap"},
     "test_split": {"splits_do_not_overlap", "format_valid"},
     "merged_model": {"merged_model_matches_adapter"},
     "evaluation_table": {"adapter_beats_base"},

@@ -125,12 +125,19 @@ def _decide(
     from ft_assets.champion import store
     from ft_assets.champion.rule import KEPT, Decision, decide
 
-    champion = store.current_champion(store.history(lineage.path, lineage.lock_timeout_s))
+    history = store.history(lineage.path, lineage.lock_timeout_s)
+    champion = store.current_champion(history)
+    rolled_back = {(row["champion_before_asset"], row["champion_before_version"]): row["decided_at"]
+                   for row in history if row["override"] == "rollback"}  # fmt: skip
     decisions = []
     for candidate, path, failed in candidates:
         theirs = None if champion is None else _champion_scores(context, champion, split, task_row, evaluation,
                                                                 lineage)  # fmt: skip
-        if champion is not None and theirs is None:
+        if (candidate.asset, candidate.version) in rolled_back:  # a person took it out: it does not come back
+            decision = Decision(KEPT, f"{candidate.name} was rolled back by hand at "
+                                      f"{str(rolled_back[candidate.asset, candidate.version])[:19]}; promote it by "
+                                      "hand to bring it back")  # fmt: skip
+        elif champion is not None and theirs is None:
             decision = Decision(KEPT, f"the champion {champion.name} has no {candidate.main_metric} score on test "
                                       f"split {split} and cannot be re-evaluated here (evaluate it there with "
                                       "azure_model_evaluation, or promote by hand)")  # fmt: skip

@@ -42,6 +42,7 @@ def _show(current: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
 @click.pass_context
 def champion(ctx: click.Context, as_json: bool, db: str) -> None:
     """Show the model that serves and every promotion decision, newest first."""
+    ctx.obj = {"db": db}  # `champion --db X promote ...` acts on X too
     if ctx.invoked_subcommand is not None:
         return
     from ft_assets.champion.store import current_summary, history
@@ -67,13 +68,15 @@ def _override(db: str, target: Any, kind: str, reason: str, stable_path: str) ->
 @champion.command()
 @click.argument("version")
 @click.option("--reason", required=True, help="Why, in words (kept in the promotions table).")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
+@click.option("--db", default=None, help=f"Lineage database (default: the group's --db, else {DEFAULT_DB}).")
 @click.option("--stable-path", default=DEFAULT_STABLE_PATH, show_default=True,
               help="Used only before any decision has named one.")  # fmt: skip
-def promote(version: str, reason: str, db: str, stable_path: str) -> None:
+@click.pass_context
+def promote(ctx: click.Context, version: str, reason: str, db: str | None, stable_path: str) -> None:
     """Make the merged model (or Azure fine-tune) with data version VERSION the champion, by hand."""
     from ft_assets.champion.store import find_model
 
+    db = db or ctx.obj["db"]
     if not Path(db).exists():
         raise click.ClickException(f"no lineage database at {db}: materialize the main job first")
     target = find_model(db, version)
@@ -84,11 +87,13 @@ def promote(version: str, reason: str, db: str, stable_path: str) -> None:
 
 @champion.command()
 @click.option("--reason", required=True, help="Why, in words (kept in the promotions table).")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
-def rollback(reason: str, db: str) -> None:
+@click.option("--db", default=None, help=f"Lineage database (default: the group's --db, else {DEFAULT_DB}).")
+@click.pass_context
+def rollback(ctx: click.Context, reason: str, db: str | None) -> None:
     """Make the champion before the current one the champion again, by hand (repeat to go further back)."""
     from ft_assets.champion.store import history, rollback_target
 
+    db = db or ctx.obj["db"]
     target = rollback_target(history(db))
     if target is None:
         raise click.ClickException("there is no earlier champion to roll back to")

@@ -349,17 +349,30 @@ def train_split_has_enough_examples(train_split: ArtifactRef) -> dg.AssetCheckRe
     )
 
 
-@dg.asset_check(
-    asset="test_split",
-    additional_ins={"train_split": dg.AssetIn("train_split"), "validation_split": dg.AssetIn("validation_split")},
-    blocking=True,
-    description="No example id, group, normalized duplicate, grouped free-text answer or near-duplicate prompt is in "
-    "two splits.",
+@dg.multi_asset_check(
+    name="splits_do_not_overlap",
+    specs=[
+        dg.AssetCheckSpec(
+            "splits_do_not_overlap",
+            asset=asset,
+            additional_deps=[other for other in SPLIT_ASSETS.values() if other != asset],
+            blocking=True,
+            description="No example id, group, normalized duplicate, grouped free-text answer or near-duplicate "
+            "prompt is in two splits. On every split, so a leaking set blocks all three; a split made alone is "
+            "compared with the other splits it would be used with.",
+        )
+        for asset in SPLIT_ASSETS.values()
+    ],
+    ins={asset: dg.AssetIn(asset) for asset in SPLIT_ASSETS.values()},
+    can_subset=True,
 )
 def splits_do_not_overlap(
-    test_split: ArtifactRef, train_split: ArtifactRef, validation_split: ArtifactRef
-) -> dg.AssetCheckResult:
-    """Compare the members of the three splits pairwise."""
+    context: dg.AssetCheckExecutionContext,
+    train_split: ArtifactRef,
+    validation_split: ArtifactRef,
+    test_split: ArtifactRef,
+) -> Iterator[dg.AssetCheckResult]:
+    """Compare the members of the three splits pairwise; report the result on each selected split."""
     import json
 
     from ft_assets.dataset.prep import overlaps
@@ -367,10 +380,15 @@ def splits_do_not_overlap(
     grouping = json.loads(test_split.file(GROUPING).read_text())
     folders = {"train": train_split.path, "validation": validation_split.path, "test": test_split.path}
     found = overlaps(folders, grouping["near_duplicate_threshold"])
-    return dg.AssetCheckResult(
-        passed=not any(found.values()),
-        metadata={f"{pair} {column}": count for (pair, column), count in found.items()} if found else {"overlaps": 0},
-    )
+    metadata = {f"{pair} {column}": count for (pair, column), count in found.items()} if found else {"overlaps": 0}
+    versions = {split.asset: split.version for split in (train_split, validation_split, test_split)}
+    for key in sorted(context.selected_asset_check_keys, key=lambda check: check.asset_key.to_user_string()):
+        yield dg.AssetCheckResult(
+            asset_key=key.asset_key,
+            check_name=key.name,
+            passed=not any(found.values()),
+            metadata={**metadata, "compared_versions": dg.MetadataValue.json(versions)},
+        )
 
 
 def _format_valid_check(asset: str) -> dg.AssetChecksDefinition:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -210,11 +212,10 @@ def connect(
     started = time.monotonic()
     deadline = started + timeout_s
     delay = 0.01
+    if not path.exists():
+        _create(path)
     while True:
         try:
-            if read_only and not path.exists():
-                read_only = False
-            path.parent.mkdir(parents=True, exist_ok=True)
             connection = duckdb.connect(str(path), read_only=read_only)
             break
         except (duckdb.IOException, duckdb.ConnectionException) as error:
@@ -238,6 +239,29 @@ def connect(
         yield connection
     finally:
         connection.close()
+
+
+def _create(path: Path) -> None:
+    """Create the database with its schema under another name, then link it into place.
+
+    No process ever opens a half-made file. Whoever links first wins; the others' copies are discarded.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
+    try:
+        with duckdb.connect(str(draft)) as connection:
+            connection.execute(SCHEMA)
+            connection.execute(MEMBERS_VIEW)
+        try:
+            os.link(draft, path)  # fails when the file exists: another process made it first
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
+        Path(f"{draft}.wal").unlink(missing_ok=True)
 
 
 def _key_evaluations_by_version(connection: duckdb.DuckDBPyConnection) -> None:
