@@ -64,3 +64,8 @@ def image(path: Path, alt: str) -> dg.MetadataValue:
 
     encoded = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Round a float for display; leave anything else as it is."""
+    return round(value, digits) if isinstance(value, float) else value

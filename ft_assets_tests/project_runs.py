@@ -35,6 +35,22 @@ TINY_CONFIG = {
 REPORTS = {"base_model": BASE_REPORTS, "lora_adapter": LORA_REPORTS, "evaluation_table": EVALUATION_REPORTS}
 
 
+def local_resources(project: Path) -> dict[str, Any]:
+    """The resources of the local graph, with every file under ``project``."""
+    from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
+    from ft_assets.training.assets import TrainingLauncher
+
+    artifacts = str(project / "artifacts")
+    return {
+        "artifacts": ArtifactStore(root=artifacts),
+        "io_manager": ArtifactIOManager(root=artifacts),
+        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
+        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
+        "pipes_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncher(),
+    }
+
+
 def make_project(folder: Path, raw: Path = ROOT / "data" / "raw") -> Path:
     """Lay out a project like a fresh clone: data/raw, data/sources and the instance's dagster.yaml."""
     shutil.copytree(raw, folder / "data" / "raw")

@@ -13,9 +13,8 @@ from ft_assets.champion.rule import ModelScores, decide
 from ft_assets.champion.store import Champion, current_champion, new_row, point_stable_path, rollback_target
 from ft_assets.cli import main as cli
 from ft_assets.definitions import defs
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
-from ft_assets.training.assets import TrainingLauncher
 from ft_assets_tests.conftest import ROOT
+from ft_assets_tests.project_runs import local_resources
 
 TINY_BASE = {"vocab_size": 400, "hidden_size": 48, "intermediate_size": 96, "layers": 1, "heads": 2,
              "pretrain_epochs": 1}  # fmt: skip
@@ -119,15 +118,7 @@ def test_scores_and_azure_candidates_come_from_the_evaluations_table(tmp_path):
 
 def _run(project: Path, instance: dg.DagsterInstance, lora: dict, selection: list | None = None):
     """Run the main job, or materialize ``selection`` (its upstream loaded from earlier runs)."""
-    artifacts = str(project / "artifacts")
-    resources = {
-        "artifacts": ArtifactStore(root=artifacts),
-        "io_manager": ArtifactIOManager(root=artifacts),
-        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
-        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
-        "pipes_client": dg.PipesSubprocessClient(),
-        "training_launcher": TrainingLauncher(),
-    }
+    resources = local_resources(project)
     ops = {
         "raw_examples": {"config": {"folder": str(project / "raw")}},
         "source_documents": {"config": {"folder": str(project / "sources")}},

@@ -11,9 +11,8 @@ import pytest
 
 from ft_assets.definitions import defs
 from ft_assets.lineage import queries
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
-from ft_assets.training.assets import TrainingLauncher
 from ft_assets_tests.conftest import ROOT
+from ft_assets_tests.project_runs import local_resources
 
 TINY_BASE = {
     "vocab_size": 400,
@@ -33,18 +32,10 @@ LOCAL_ASSETS = {
 def _run(
     project: Path, instance: dg.DagsterInstance, lora: dict | None = None, ops: dict | None = None
 ) -> dg.ExecuteInProcessResult:
-    artifacts = str(project / "artifacts")
     return defs.resolve_job_def("main").execute_in_process(
         instance=instance,
         raise_on_error=False,
-        resources={
-            "artifacts": ArtifactStore(root=artifacts),
-            "io_manager": ArtifactIOManager(root=artifacts),
-            "lineage": LineageStore(path=str(project / "lineage.duckdb")),
-            "llm": LLMResource(cache_dir=str(project / "llm-cache")),
-            "pipes_client": dg.PipesSubprocessClient(),
-            "training_launcher": TrainingLauncher(),
-        },
+        resources=local_resources(project),
         run_config={
             "ops": {
                 "raw_examples": {"config": {"folder": str(project / "raw")}},

@@ -11,7 +11,7 @@ from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.assets import COMPARISONS, EvaluationConfig, adapter_beats_baselines
 from ft_assets.evaluation.results import read_results
-from ft_assets.metadata import markdown_table
+from ft_assets.metadata import markdown_table, rounded
 from ft_assets.resources import ArtifactStore, LineageStore
 
 if TYPE_CHECKING:
@@ -161,10 +161,6 @@ def _paired(test: "PairedTest | None") -> dict[str, Any]:
     return {} if test is None else {"difference": test["difference"], "p_value": test["p_value"]}
 
 
-def _round(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
-
-
 @dg.asset(
     group_name="deployment",
     code_version=CHAMPION_CODE,
@@ -212,9 +208,9 @@ def champion_model(
     recorded = lineage.record(context, ref, [(champion.asset, champion.version)] if champion else [], config)
     table = [
         {"candidate": f"{row['candidate_asset']}@{row['candidate_version']}", "decision": row["decision"],
-         "reason": row["reason"], "candidate_score": _round(row["candidate_score"]),
-         "champion_score": _round(row["champion_score"]), "difference": _round(row["difference"]),
-         "p_value": _round(row["p_value"])}
+         "reason": row["reason"], "candidate_score": rounded(row["candidate_score"]),
+         "champion_score": rounded(row["champion_score"]), "difference": rounded(row["difference"]),
+         "p_value": rounded(row["p_value"])}
         for row in decisions
     ]  # fmt: skip
     return dg.Output(

@@ -12,7 +12,7 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.results import REPORTS, RESULTS, json_number, read_results, write_results
-from ft_assets.metadata import markdown_table
+from ft_assets.metadata import markdown_table, rounded
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 EVALUATION_CODE = source_version(__name__, "evaluation_table")
@@ -116,7 +116,7 @@ def evaluation_table(
     recorded = lineage.record(context, ref, parents, config)
     adapter = next(row for row in rows if row["model"] == ADAPTER)
     paired = [
-        {"baseline": name, **{k: _round(v) for k, v in test.items()}} for name, test in comparisons["paired"].items()
+        {"baseline": name, **{k: rounded(v) for k, v in test.items()}} for name, test in comparisons["paired"].items()
     ]
     return dg.Output(
         ref,
@@ -146,10 +146,6 @@ def evaluation_table(
     )  # fmt: skip
 
 
-def _round(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
-
-
 def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[str, Any]]:
     """Return the lowest-scoring predictions of each model, for the UI."""
     from ft_assets.evaluation.report import one_line, worst_examples
@@ -157,7 +153,7 @@ def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[s
     rows = []
     for model in dict.fromkeys(p["model"] for p in predictions):
         for p in worst_examples([p for p in predictions if p["model"] == model], per_model):
-            rows.append({"model": model, "example_id": p["example_id"], "score": _round(p["main_score"]),
+            rows.append({"model": model, "example_id": p["example_id"], "score": rounded(p["main_score"]),
                          "reference": one_line(p["reference"]), "prediction": one_line(p["prediction"])})  # fmt: skip
     return rows
 
