@@ -71,15 +71,17 @@ class JobProcess:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def start_job(project: Path, job: str, config: dict[str, Any], *, home: Path | None = None) -> JobProcess:
-    """Start ``dagster job execute`` for ``job`` in ``project`` (its own process group)."""
+def start_job(
+    project: Path, job: str, config: dict[str, Any], *, home: Path | None = None, python: str = sys.executable
+) -> JobProcess:
+    """Start ``dagster job execute`` for ``job`` in ``project`` (its own process group), with interpreter ``python``."""
     stem = f"{job}-{time.monotonic_ns()}"
     config_file = project / f"{stem}.json"
     config_file.write_text(json.dumps(config))
     env = {**os.environ, "DAGSTER_HOME": str(home or project)}
     env.pop("FT_ASSETS_ARTIFACTS", None)
     env.pop("FT_ASSETS_LINEAGE_DB", None)
-    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "ft_assets.definitions", "-j", job,
+    command = [python, "-m", "dagster", "job", "execute", "-m", "ft_assets.definitions", "-j", job,
                "-c", str(config_file)]  # fmt: skip
     log = project / f"{stem}.log"
     with open(log, "wb") as output:
