@@ -3,18 +3,22 @@
 - ``raw_data`` and ``base_model_source`` are observable source assets whose data version is a
   content hash (``ft_assets.watch``). The main job observes them first, so what it trains from is
   recorded; the ``watch_sources`` sensor observes them every 30 s and records an observation only
-  when a version changed: watching launches no run, and touching a file changes nothing.
+  when a version changed: watching launches no run, and touching a file changes nothing. Each tick
+  logs (the tick's "View logs") every source's version, whether it changed, and what the policy
+  does next.
 - Every asset of the main job gets the condition of the retrain policy (``RetrainPolicy``):
   ``on_change`` requests it as soon as something upstream changed, a cron expression only at that
   tick and only if something changed since it was last requested or materialized. An asset never
   materialized is left to the main job (the first training is a user's choice), and nothing is
   requested while an upstream run is in flight. Checks ride along with their assets.
 - The ``retraining`` automation sensor evaluates those conditions; it runs by default (the Automation
-  page shows each tick and, per asset, which part of the condition held). Its runs carry the
+  page shows each tick and, per asset, which part of the condition held: the labels read as reasons;
+  being Dagster's own sensor, it writes no tick log). Its runs carry the
   ``ft_assets/retraining`` tag, limited to one at a time in dagster.yaml, like the main job's runs.
 """
 
 import functools
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -78,19 +82,48 @@ class RetrainPolicy:
         return f"cron '{self.cron}' (UTC)" if self.cron else ON_CHANGE
 
     def condition(self) -> dg.AutomationCondition:
-        """Return the automation condition of every retrained asset under this policy."""
+        """Return the automation condition of every retrained asset under this policy.
+
+        Its labels are what the Automation page shows per asset and tick, so each reads as a reason.
+        """
         condition = dg.AutomationCondition
-        changed = condition.any_deps_updated().since_last_handled().with_label("an upstream changed since last handled")
-        guards = (
-            ~condition.missing().with_label("missing (the main job makes the first version)")
-            & ~condition.any_deps_missing().ignore(AZURE)
-            & ~condition.any_deps_in_progress().ignore(AZURE)
-            & ~condition.in_progress()
+        changed = (
+            condition.any_deps_updated()
+            .since_last_handled()
+            .with_label("something upstream changed since this asset was last requested or materialized")
         )
+        guards = [
+            (~condition.missing()).with_label("materialized once already (the main job makes the first version)"),
+            (~condition.any_deps_missing().ignore(AZURE)).with_label("every upstream asset exists"),
+            (~condition.any_deps_in_progress().ignore(AZURE)).with_label("no upstream asset is being materialized"),
+            (~condition.in_progress()).with_label("no run of this asset is in progress"),
+        ]
         if self.cron:
-            tick = condition.cron_tick_passed(self.cron).with_label(f"cron tick '{self.cron}' passed")
-            return (tick & changed & guards).with_label(f"retrain at '{self.cron}' if changed")
-        return (changed & guards).with_label("retrain on change")
+            tick = condition.cron_tick_passed(self.cron).with_label(f"the cron tick '{self.cron}' (UTC) has passed")
+            return functools.reduce(operator.and_, [tick, changed, *guards]).with_label(
+                f"retrain policy {self}: retrain at the cron tick if something upstream changed"
+            )
+        return functools.reduce(operator.and_, [changed, *guards]).with_label(
+            "retrain policy on_change: retrain when something upstream changed"
+        )
+
+    def next_step(self, retraining: bool = True) -> str:
+        """Return, as a sentence, what happens after a watched source changed under this policy."""
+        if not self.enabled:
+            return (
+                f"Retrain policy off ({POLICY_ENV}): nothing will be retrained; materialize the main job by hand "
+                "(ft-assets run)."
+            )
+        when = "at the next tick of that schedule" if self.cron else "on its next tick"
+        if not retraining:
+            return (
+                f"Under retrain policy {self}, nothing made from it has been materialized yet, so nothing will be "
+                "retrained: the main job makes the first version (ft-assets run)."
+            )
+        return (
+            f"Under retrain policy {self}, the retraining sensor will request the main job's assets made from it "
+            f"{when}; the Automation page shows its reason for each asset."
+        )
 
 
 @functools.cache
@@ -155,29 +188,74 @@ def latest_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None
     return version.value if version else None
 
 
-@dg.sensor(
-    name="watch_sources",
-    minimum_interval_seconds=SENSOR_INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Hash the raw example files and the base model source; record an observation of raw_data or "
-    "base_model_source only when its content changed. Launches no run.",
-)
-def watch_sources(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Record an observation for each watched source whose content version changed."""
-    events, unchanged = [], []
-    for key, observe in WATCHED.items():
-        found = observe()
-        if time.time() - found.newest_mtime < SETTLE_S:
-            unchanged.append(f"{key.to_user_string()} (still being written)")
-        elif found.version == latest_version(context.instance, key):
-            unchanged.append(f"{key.to_user_string()} {found.version}")
-        else:
-            events.append(
-                dg.AssetObservation(asset_key=key, metadata=found.metadata, tags={DATA_VERSION_TAG: found.version})
-            )
-    if not events:
-        return dg.SensorResult(skip_reason=f"unchanged: {', '.join(unchanged)}")
-    return dg.SensorResult(asset_events=events)
+def _anything_made_from(context: dg.SensorEvaluationContext, key: dg.AssetKey) -> bool:
+    """Return whether any asset made directly from ``key`` has been materialized (True when the graph is unknown)."""
+    repository = context.repository_def
+    if repository is None or not repository.asset_graph.has(key):
+        return True
+    children = repository.asset_graph.get(key).child_keys
+    return not children or any(context.instance.get_latest_materialization_event(child) for child in children)
+
+
+def watch_sources_sensor(policy: RetrainPolicy | None = None) -> dg.SensorDefinition:
+    """Return the ``watch_sources`` sensor; its tick log names what happens next under ``policy``.
+
+    ``policy`` None reads ``FT_ASSETS_RETRAIN_POLICY`` at each tick.
+    """
+
+    @dg.sensor(
+        name="watch_sources",
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Hash the raw example files and the base model source; record an observation of raw_data or "
+        "base_model_source only when its content changed. Launches no run: the retraining sensor decides. Each "
+        "tick's log (View logs) says what it found and what happens next.",
+    )
+    def watch_sources(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        """Record an observation for each watched source whose content version changed; log why, in sentences."""
+        current = RetrainPolicy.from_environment() if policy is None else policy
+        events, unchanged = [], []
+        for key, observe in WATCHED.items():
+            name = key.to_user_string()
+            found = observe()
+            recorded = latest_version(context.instance, key)
+            age = time.time() - found.newest_mtime
+            if age < SETTLE_S:
+                unchanged.append(f"{name} (still being written)")
+                context.log.info(
+                    f"{name} is still being written (a file changed {age:.1f} s ago): no observation is recorded "
+                    f"yet; it is looked at again on the next tick, in {SENSOR_INTERVAL_S} s."
+                )
+            elif found.version == recorded:
+                unchanged.append(f"{name} {found.version}")
+                context.log.info(
+                    f"{name} is unchanged (version {found.version}): no observation is recorded and there is "
+                    "nothing new to retrain from."
+                )
+            else:
+                events.append(
+                    dg.AssetObservation(asset_key=key, metadata=found.metadata, tags={DATA_VERSION_TAG: found.version})
+                )
+                what = (
+                    f"{name} is observed for the first time (version {found.version})"
+                    if recorded is None
+                    else f"{name} changed ({recorded} → {found.version})"
+                )
+                retraining = current.enabled and _anything_made_from(context, key)
+                context.log.info(f"{what}; an observation is recorded. {current.next_step(retraining)}")
+        if not events:
+            return dg.SensorResult(skip_reason=f"unchanged: {', '.join(unchanged)}")
+        # A tick with observations and no run shows as skipped: say why instead of "returned an empty result".
+        recorded_now = ", ".join(f"{e.asset_key.to_user_string()} {e.tags[DATA_VERSION_TAG]}" for e in events)
+        return dg.SensorResult(
+            asset_events=events,
+            skip_reason=f"recorded {recorded_now}; this sensor launches no run (retrain policy {current})",
+        )
+
+    return watch_sources
+
+
+watch_sources = watch_sources_sensor()
 
 
 def automate(defs: dg.Definitions, target: dg.AssetSelection, policy: RetrainPolicy | None = None) -> dg.Definitions:
@@ -187,7 +265,7 @@ def automate(defs: dg.Definitions, target: dg.AssetSelection, policy: RetrainPol
     (the UI shows what is stale) but nothing is requested.
     """
     policy = RetrainPolicy.from_environment() if policy is None else policy
-    sensors: list[dg.SensorDefinition] = [watch_sources]
+    sensors: list[dg.SensorDefinition] = [watch_sources_sensor(policy)]
     if policy.enabled:
         retrained = target.materializable()
         condition = policy.condition()
@@ -203,7 +281,9 @@ def automate(defs: dg.Definitions, target: dg.AssetSelection, policy: RetrainPol
                 minimum_interval_seconds=SENSOR_INTERVAL_S,
                 run_tags={RETRAINING_TAG: "automation"},
                 description=f"Retrain policy: {policy} ({POLICY_ENV}). Requests the main job's assets when raw_data "
-                "or base_model_source (or anything upstream) changed; one retraining at a time.",
+                "or base_model_source (or anything upstream) changed; one retraining at a time. This sensor writes "
+                "no tick log: its reasons are on the Automation page (each tick, each asset, which part of the "
+                "condition held), and watch_sources' tick log says what changed.",
             )
         )
     return dg.Definitions.merge(defs, dg.Definitions(sensors=sensors))

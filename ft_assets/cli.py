@@ -27,20 +27,28 @@ def main() -> None:
     """Turn example data into fine-tuned models, with lineage you can query."""
 
 
-@main.command()
+@main.command(short_help="Clean, deduplicate and split example files into a folder.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the splits and the report into.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the split assignment.")
-@click.option("--ratios", default="0.8,0.1,0.1", show_default=True, callback=_ratios, help="train,validation,test")
+@click.option("--ratios", default="0.8,0.1,0.1", show_default=True, callback=_ratios,
+              help="Shares of train, validation and test, summing to 1.")  # fmt: skip
 @click.option("--max-tokens", default=4096, show_default=True, help="Reject examples above this token estimate.")
-@click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "chat", "preference"]), show_default=True)
+@click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "chat", "preference"]), show_default=True,
+              help="Format of the rows; auto tells chat and preference rows apart.")  # fmt: skip
 @click.option("--keep-markdown", is_flag=True, help="Do not strip markdown debris from the turns.")
 @click.option(
     "--suspicious",
     default="fix",
     type=click.Choice(["keep", "fix", "reject"]),
     show_default=True,
-    help="Answers with a leaked follow-up question or cut off mid-sentence.",
+    help="What to do with answers that leak the next question or stop mid-sentence.",
 )
 @click.option(
     "--group-by-answer",
@@ -54,7 +62,7 @@ def main() -> None:
     default=0.8,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Jaccard similarity of prompts' words that puts rows in one group (0: off).",
+    help="Jaccard similarity of prompt words from which rows share a group (0 turns it off).",
 )
 @click.option("--min-examples", default=10, show_default=True, help="Fail below this many cleaned examples.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
@@ -72,7 +80,11 @@ def prep(
     min_examples: int,
     workers: int | None,
 ) -> None:
-    """Clean, deduplicate, group and split INPUTS (JSONL files, JSON arrays or folders) into --out."""
+    """Clean, deduplicate, group and split INPUTS (JSONL files, JSON arrays or folders) into --out.
+
+    Every row is kept or rejected with a reason; rows that are the same question in other words
+    stay in one split.
+    """
     from ft_assets.dataset.prep import GroupConfig, PrepError, SplitConfig, SplitError
     from ft_assets.dataset.prep import prep as run_prep
     from ft_assets.dataset.validate import CleanConfig
@@ -103,9 +115,13 @@ def prep(
 DEFAULT_DB = "data/lineage.duckdb"
 
 
-@main.group()
+@main.group(short_help="Ask which data, code and config made a model, and more.")
 def lineage() -> None:
-    """Query and rebuild the lineage database."""
+    """Ask which data, code and config made a model, which models an example reached, and more.
+
+    The answers come from the lineage database (data/lineage.duckdb), which every materialization
+    writes to; sync rebuilds it from Dagster's event log.
+    """
 
 
 def _print_walk(rows: list[dict], as_json: bool) -> None:
@@ -138,8 +154,8 @@ def _print_walk(rows: list[dict], as_json: bool) -> None:
     show(f"{rows[0]['asset']}@{rows[0]['data_version']}", 0)
 
 
-def _walk_command(name: str, help_text: str) -> None:
-    @lineage.command(name=name, help=help_text)
+def _walk_command(name: str, help_text: str, short_help: str) -> None:
+    @lineage.command(name=name, help=help_text, short_help=short_help)
     @click.argument("target")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of an indented list.")
     @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
@@ -157,11 +173,19 @@ def _walk_command(name: str, help_text: str) -> None:
         _print_walk(rows, as_json)
 
 
-_walk_command("trace", "Show TARGET (ASSET[@VERSION], default latest) and everything it was made from.")
-_walk_command("impact", "Show TARGET (ASSET[@VERSION], default latest) and everything made from it.")
+_walk_command(
+    "trace",
+    "Show TARGET (ASSET[@VERSION], default latest) and everything it was made from.",
+    "Show an asset version and everything it was made from.",
+)
+_walk_command(
+    "impact",
+    "Show TARGET (ASSET[@VERSION], default latest) and everything made from it.",
+    "Show an asset version and everything made from it.",
+)
 
 
-@lineage.command()
+@lineage.command(short_help="Find an example: its splits and models, or why it was rejected.")
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
@@ -208,7 +232,7 @@ def _need_db(db: str) -> None:
         raise click.ClickException(f"no lineage database at {db}: materialize assets first (or ft-assets lineage sync)")
 
 
-@lineage.command()
+@lineage.command(short_help="Show every model version trained on an example.")
 @click.argument("example_id")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
@@ -236,7 +260,7 @@ def models(example_id: str, as_json: bool, db: str) -> None:
 DIFF_IDS_SHOWN = 10
 
 
-@lineage.command(name="diff")
+@lineage.command(name="diff", short_help="Compare two model versions: data, config, code and scores.")
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -311,11 +335,14 @@ def _print_table(header: list[str], lines: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
-@main.command(name="eval")
+@main.command(name="eval", short_help="Show every model's scores on the newest test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--predictions", "model", default=None, help="Show MODEL's predictions next to the references.")
 @click.option(
-    "--worst", type=click.IntRange(min=1), default=None, help="With --predictions: only the N lowest-scoring examples."
+    "--worst",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --predictions, show only the N lowest-scoring examples.",
 )
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
 def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -> None:
@@ -357,8 +384,8 @@ def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -
     )
 
 
-@lineage.command(name="sync")
-@click.option("--db", default=DEFAULT_DB, show_default=True)
+@lineage.command(name="sync", short_help="Rebuild the lineage database from Dagster's event log.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
 def sync_command(db: str) -> None:
     """Rebuild the lineage database from the Dagster instance's event log (DAGSTER_HOME)."""
     import dagster as dg
@@ -375,8 +402,8 @@ def sync_command(db: str) -> None:
     if not counts["materializations"]:
         raise click.ClickException(
             f"the event log under DAGSTER_HOME={home} holds {runs} runs and no materialization with lineage: "
-            "materialize assets with this DAGSTER_HOME first (dagster dev, or dagster job execute -m "
-            "ft_assets.definitions -j main), or point DAGSTER_HOME at the instance that did"
+            "materialize assets with this DAGSTER_HOME first (ft-assets run, or dagster dev), or point "
+            "DAGSTER_HOME at the instance that did"
         )
     click.echo(
         f"recorded {counts['materializations']} materializations, {counts['evaluations']} evaluation rows, "

@@ -181,6 +181,7 @@ class EventHandler:
         self.record = RunRecord()
         self.step_assets: dict[str, list[str]] = {}
         self.step_checks: dict[str, dict[str, Any]] = {}
+        self.observed: set[str] = set()  # steps that observed a source asset
         self.lock = threading.Lock()  # Pipes messages arrive from a reader thread
 
     def __call__(self, entry: EventLogEntry) -> None:
@@ -204,6 +205,8 @@ class EventHandler:
             asset = materialization.asset_key.to_user_string()
             self.record.materialized[asset] = _value(materialization.metadata)
             self.step_assets.setdefault(step, []).append(asset)
+        elif kind == DagsterEventType.ASSET_OBSERVATION and step:
+            self.observed.add(step)
         elif kind == DagsterEventType.ASSET_CHECK_EVALUATION and step:
             evaluation = event.asset_check_evaluation_data
             check = {"asset": evaluation.asset_key.to_user_string(), "check": evaluation.check_name,
@@ -214,6 +217,8 @@ class EventHandler:
         elif kind == DagsterEventType.STEP_SUCCESS and step:
             check = self.step_checks.get(step)
             status = "ok" if check is None or check["passed"] else "warn"
+            if check is None and step not in self.step_assets and step not in self.observed:
+                status = "skipped"  # an optional output not made, e.g. Azure without credentials
             self.display.finish(step, self._name(step), status, event.step_success_data.duration_ms / 1000,
                                 self._figure(step))  # fmt: skip
         elif kind == DagsterEventType.STEP_FAILURE and step:
@@ -252,7 +257,9 @@ class EventHandler:
             rows = [f"{a.removesuffix('_split')} {_number(self.record.materialized[a].get('dagster/row_count'))}"
                     for a in assets]  # fmt: skip
             return ", ".join(rows) + " rows"
-        return _asset_figure(assets[0], self.record.materialized[assets[0]]) if assets else "observed"
+        if assets:
+            return _asset_figure(assets[0], self.record.materialized[assets[0]])
+        return "observed" if step in self.observed else "nothing materialized"
 
 
 def _failure_text(data: Any, figure: str) -> str:
@@ -388,7 +395,7 @@ def _job(name: str) -> dg.JobDefinition:
     return defs.resolve_job_def(name)
 
 
-@click.command(name="run")
+@click.command(name="run", short_help="Run a job (default: main) here and end with a summary.")
 @click.argument("job_name", metavar="[JOB]", default="main")
 @click.option(
     "--config", "-c", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -1,12 +1,14 @@
 """Retraining by itself: the policy, the content-hash observations and Dagster's automation evaluation."""
 
 import datetime
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ft_assets.automation import (
     AZURE,
@@ -18,6 +20,7 @@ from ft_assets.automation import (
     RetrainPolicy,
     automate,
     base_model_source,
+    latest_version,
     raw_data,
     watch_sources,
 )
@@ -276,3 +279,161 @@ def test_cron_retrains_at_the_tick_only_if_something_changed(project: Path) -> N
     next_day = day + datetime.timedelta(days=1)
     assert ticks.requested(next_day.replace(hour=3, minute=1)) == {"stand_in_raw", "stand_in_model"}
     assert ticks.requested(next_day.replace(hour=3, minute=2)) == set()
+
+
+# -- tick logs: what a user reads under a tick's "View logs" -----------------------------------------
+
+
+_TICK_NUMBERS = itertools.count()
+
+
+def _tick(
+    instance: dg.DagsterInstance, sensor: dg.SensorDefinition, defs: dg.Definitions | None = None, **kwargs
+) -> tuple[dg.SensorResult | dg.SkipReason, list[str]]:
+    """Evaluate ``sensor`` once as the daemon does; return its result and its tick log as the UI shows it."""
+    from dagster._core.definitions.instigation_logger import get_instigation_log_records
+    from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
+
+    with dg.build_sensor_context(
+        instance=instance,
+        instance_ref=instance.get_ref(),
+        # The daemon gives each tick its own log key; here the key is (repository, sensor, second): a name per
+        # call keeps two ticks within one second apart.
+        repository_name=f"tick-{next(_TICK_NUMBERS)}",
+        sensor_name=sensor.name,
+        definitions=defs,
+        **kwargs,
+    ) as context:
+        result = sensor(context)
+        # What the daemon checks before it stores the tick's log key; without it the UI says "No logs to display".
+        assert context.has_captured_logs()
+    records = get_instigation_log_records(instance, context.log_key)
+    # The UI's tick log shows each record's original message (dagster_graphql fetch_instigators.get_tick_log_events).
+    return result, [record[LOG_RECORD_METADATA_ATTR]["orig_message"] for record in records]
+
+
+def _sentences(lines: list[str]) -> None:
+    for line in lines:
+        assert line[0].isupper() or line.split()[0] in {"raw_data", "base_model_source"}, line
+        assert line.endswith("."), line
+
+
+def test_watch_ticks_say_what_they_saw_and_what_happens_next(project: Path) -> None:
+    from ft_assets.automation import watch_sources_sensor
+
+    defs = _defs(RetrainPolicy())
+    sensor = watch_sources_sensor(RetrainPolicy())
+    with dg.instance_for_test() as instance:
+        result, lines = _tick(instance, sensor, defs)
+        assert isinstance(result, dg.SensorResult) and len(result.asset_events or []) == 2
+        first = lines[0]
+        assert first.startswith("raw_data is observed for the first time (version ")
+        assert first.endswith(
+            "an observation is recorded. Under retrain policy on_change, nothing made from it has been materialized "
+            "yet, so nothing will be retrained: the main job makes the first version (ft-assets run)."
+        )
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+        version = latest_version(instance, RAW_DATA)
+        assert defs.resolve_job_def("main").execute_in_process(instance=instance).success
+
+        result, lines = _tick(instance, sensor, defs)
+        assert result.skip_reason.skip_message == f"unchanged: raw_data {version}, base_model_source builtin"
+        assert lines == [
+            f"raw_data is unchanged (version {version}): no observation is recorded and there is nothing new to "
+            "retrain from.",
+            "base_model_source is unchanged (version builtin): no observation is recorded and there is nothing new "
+            "to retrain from.",
+        ]
+
+        write_jsonl(project / "data" / "raw" / "now.jsonl", [chat("written now", "Category: Meals")])
+        result, lines = _tick(instance, sensor, defs)
+        assert result.skip_reason.skip_message.startswith("unchanged: raw_data (still being written)")
+        assert lines[0].startswith("raw_data is still being written (a file changed ")
+        assert lines[0].endswith("no observation is recorded yet; it is looked at again on the next tick, in 30 s.")
+
+        os.utime(project / "data" / "raw" / "now.jsonl", (1_000_000_000, 1_000_000_000))
+        result, lines = _tick(instance, sensor, defs)
+        new = result.asset_events[0].tags[DATA_VERSION_TAG]
+        assert result.skip_reason.skip_message == (
+            f"recorded raw_data {new}; this sensor launches no run (retrain policy on_change)"
+        )
+        assert lines[0] == (
+            f"raw_data changed ({version} → {new}); an observation is recorded. Under retrain policy on_change, the "
+            "retraining sensor will request the main job's assets made from it on its next tick; the Automation page "
+            "shows its reason for each asset."
+        )
+        _sentences(lines)
+
+
+@pytest.mark.parametrize(
+    ("policy", "next_step"),
+    [
+        (
+            RetrainPolicy(enabled=False),
+            "Retrain policy off (FT_ASSETS_RETRAIN_POLICY): nothing will be retrained; materialize the main job by "
+            "hand (ft-assets run).",
+        ),
+        (
+            RetrainPolicy(cron="0 3 * * *"),
+            "Under retrain policy cron '0 3 * * *' (UTC), the retraining sensor will request the main job's assets "
+            "made from it at the next tick of that schedule; the Automation page shows its reason for each asset.",
+        ),
+    ],
+)
+def test_a_changed_source_is_logged_with_the_policy_s_next_step(
+    project: Path, policy: RetrainPolicy, next_step: str
+) -> None:
+    from ft_assets.automation import watch_sources_sensor
+
+    with dg.instance_for_test() as instance:
+        _, lines = _tick(instance, watch_sources_sensor(policy))  # no definitions: the graph is not looked at
+    assert lines[0].endswith(f"an observation is recorded. {next_step}")
+    _sentences(lines)
+
+
+def test_the_sensor_in_the_definitions_logs_too(project: Path) -> None:
+    from ft_assets.definitions import defs
+
+    sensor = defs.resolve_sensor_def("watch_sources")
+    with dg.instance_for_test() as instance:
+        _, lines = _tick(instance, sensor, defs)
+    assert [line.split()[0] for line in lines] == ["raw_data", "base_model_source"]
+    assert defs.resolve_sensor_def("retraining").description.endswith(
+        "its reasons are on the Automation page (each tick, each asset, which part of the condition held), and "
+        "watch_sources' tick log says what changed."
+    )
+
+
+def test_the_retraining_condition_s_labels_read_as_reasons() -> None:
+    """The retraining sensor writes no tick log: the Automation page lists these labels per asset and tick."""
+    on_change = RetrainPolicy().condition()
+    assert on_change.get_label() == "retrain policy on_change: retrain when something upstream changed"
+    assert [child.get_label() for child in on_change.children] == [
+        "something upstream changed since this asset was last requested or materialized",
+        "materialized once already (the main job makes the first version)",
+        "every upstream asset exists",
+        "no upstream asset is being materialized",
+        "no run of this asset is in progress",
+    ]
+    cron = RetrainPolicy(cron="0 3 * * *").condition()
+    assert cron.get_label() == (
+        "retrain policy cron '0 3 * * *' (UTC): retrain at the cron tick if something upstream changed"
+    )
+    assert cron.children[0].get_label() == "the cron tick '0 3 * * *' (UTC) has passed"
+    assert [child.get_label() for child in cron.children[1:]] == [child.get_label() for child in on_change.children]
+
+
+def test_the_azure_sensor_says_why_it_polls_nothing(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ft_assets.azure.assets import azure_finetune_sensor
+    from ft_assets.resources import LLMResource
+
+    for variable in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    with dg.instance_for_test() as instance:
+        result, lines = _tick(instance, azure_finetune_sensor, resources={"llm": LLMResource()})
+    assert "AZURE_OPENAI_ENDPOINT" in result.skip_message
+    assert len(lines) == 1
+    assert lines[0].startswith("No fine-tuning job is polled because no credentials are set; to fine-tune on Azure")
+    assert "AZURE_OPENAI_ENDPOINT + AZURE_OPENAI_API_KEY" in lines[0]
+    _sentences(lines)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import dagster as dg
 import pytest
 
@@ -19,12 +20,13 @@ LOCAL_MODELS = ["base_model (zero-shot)", "base_model (few-shot k=1 seed=0)", "l
 NOISE = ("DEBUG", "SupersessionWarning", "BetaWarning", "PreviewWarning", "FutureWarning", "it/s]")
 
 
-def ft_assets_run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def ft_assets_run(project: Path, *args: str, tiny: bool = True) -> subprocess.CompletedProcess[str]:
     (project / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    config = ["--config", "tiny.json"] if tiny else []
     unset = ("DAGSTER_HOME", "FT_ASSETS_ARTIFACTS", "FT_ASSETS_LINEAGE_DB")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
-        [str(FT_ASSETS), "run", "--config", "tiny.json", *args],
+        [str(FT_ASSETS), "run", *config, *args],
         cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -69,6 +71,20 @@ def test_the_run_is_in_the_instance_of_the_current_folder(
     assert str(log) in done.stdout
 
 
+def test_a_step_that_makes_nothing_is_shown_as_skipped(
+    main_run: tuple[Path, subprocess.CompletedProcess[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, _ = main_run
+    for name in list(os.environ):
+        if name.startswith(("AZURE_OPENAI_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    done = ft_assets_run(project, "azure_finetune", tiny=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped: no credentials" in done.stdout, done.stdout
+    assert re.search(r"^- azure_training_files +nothing materialized$", done.stdout, re.MULTILINE), done.stdout
+    assert "✓ azure_training_files" not in done.stdout, done.stdout
+
+
 def test_a_failing_run_names_the_step_and_the_cause(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -81,3 +97,64 @@ def test_a_failing_run_names_the_step_and_the_cause(tmp_path: Path) -> None:
     assert "blocking asset check failed" in done.stderr and "minimum 10" in done.stderr, done.stderr
     assert "✓" not in done.stdout, "--quiet prints no step lines"
     assert [run.status for run in runs(project)] == [dg.DagsterRunStatus.FAILURE]
+
+
+# -- --help: whole sentences that fit an 80-column terminal ---------------------------------------------
+
+
+def _command_paths() -> list[list[str]]:
+    """The path of every command of ft-assets, e.g. ["lineage", "trace"] (the top level is [])."""
+    from ft_assets.cli import main
+
+    def walk(command: click.Command, path: list[str]) -> list[list[str]]:
+        names = command.list_commands(click.Context(command)) if isinstance(command, click.Group) else []
+        return [path] + [
+            p for name in names for p in walk(command.get_command(click.Context(command), name), [*path, name])
+        ]
+
+    return walk(main, [])
+
+
+def _help(path: list[str]) -> tuple[click.Command, click.Context, str]:
+    """Return the command at ``path``, its context and its --help text, as in an 80-column terminal."""
+    from ft_assets.cli import main
+
+    command, context = main, click.Context(main, info_name="ft-assets")
+    for name in path:
+        command = command.get_command(context, name)
+        context = click.Context(command, info_name=name, parent=context)
+    return command, context, command.get_help(context)
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda path: " ".join(["ft-assets", *path]))
+def test_help_is_whole_sentences_that_fit(path: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # click sizes help to the terminal (at most 80 columns)
+    command, context, text = _help(path)
+    _usage, *lines = text.splitlines()  # the usage line's "[ARGS]..." is click's notation, not a cut
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert not any("..." in line or "…" in line for line in lines), text  # click cuts a long summary with "..."
+    assert not any(line.rstrip().endswith("-") for line in lines), f"a word split at its hyphen:\n{text}"
+    paragraphs = [p.strip() for p in (command.help or "").split("\n\n") if p.strip()]
+    assert paragraphs and all(p.endswith(".") for p in paragraphs), command.help
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"
+        assert param.help[0].isupper() and param.help.endswith("."), f"{param.opts[0]}: {param.help!r}"
+    if isinstance(command, click.Group):
+        names = command.list_commands(context)
+        width = 78 - 6 - max(len(name) for name in names)  # what click leaves a summary in the command list
+        for name in names:
+            summary = command.get_command(context, name).get_short_help_str(limit=1000)
+            assert summary.endswith(".") and summary[0].isupper(), f"{name}: {summary!r}"
+            assert len(summary) <= width, f"{name}: {summary!r} is cut or wrapped at 80 columns"
+            listed = [line for line in lines if line.startswith(f"  {name} ")]
+            assert listed and listed[0].endswith(summary), f"{name} is listed as {listed}, not {summary!r}"
+
+
+def test_help_runs_from_the_command_line() -> None:
+    done = subprocess.run(
+        [str(FT_ASSETS), "lineage", "--help"], env={**os.environ, "COLUMNS": "80"},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "  trace    Show an asset version and everything it was made from.\n" in done.stdout

@@ -36,7 +36,7 @@ def _show(current: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
         )
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, short_help="Show the serving model and every promotion decision.")
 @click.option("--json", "as_json", is_flag=True, help="Print {current, history} as JSON.")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Lineage database.")
 @click.pass_context
@@ -65,12 +65,12 @@ def _override(db: str, target: Any, kind: str, reason: str, stable_path: str) ->
     click.echo(f"{target.name} is the champion ({kind} by hand: {reason}); {row['stable_path']} points at it")
 
 
-@champion.command()
+@champion.command(short_help="Make a model version the champion, by hand.")
 @click.argument("version")
 @click.option("--reason", required=True, help="Why, in words (kept in the promotions table).")
 @click.option("--db", default=None, help=f"Lineage database (default: the group's --db, else {DEFAULT_DB}).")
 @click.option("--stable-path", default=DEFAULT_STABLE_PATH, show_default=True,
-              help="Used only before any decision has named one.")  # fmt: skip
+              help="Folder that points at the champion; used only before any decision named one.")  # fmt: skip
 @click.pass_context
 def promote(ctx: click.Context, version: str, reason: str, db: str | None, stable_path: str) -> None:
     """Make the merged model (or Azure fine-tune) with data version VERSION the champion, by hand."""
@@ -85,7 +85,7 @@ def promote(ctx: click.Context, version: str, reason: str, db: str | None, stabl
     _override(db, target, "promote", reason, stable_path)
 
 
-@champion.command()
+@champion.command(short_help="Make the previous champion the champion again, by hand.")
 @click.option("--reason", required=True, help="Why, in words (kept in the promotions table).")
 @click.option("--db", default=None, help=f"Lineage database (default: the group's --db, else {DEFAULT_DB}).")
 @click.pass_context
