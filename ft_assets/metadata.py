@@ -1,4 +1,10 @@
-"""Small builders of Dagster metadata shown in the UI: Markdown tables and previews."""
+"""Small builders of Dagster metadata shown in the UI, and the order an asset page is read in.
+
+The UI shows metadata entries in the order given. ``reading_order`` puts them as a reader wants
+them: the few figures that matter (plain ints, floats and short text, which the Plots tab charts
+across versions), then typed tables (``table``: shown inline, schema one click away), then
+pictures, then where the artifact lies and the lineage record, last.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +34,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def counts_table(counts: Mapping[str, int], key: str, value: str = "rows") -> dg.MetadataValue:
-    """Return a mapping of counts as a two-column Markdown table, largest first."""
-    rows = [{key: k, value: v} for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return markdown_table(rows, [key, value])
+def counts_table(counts: Mapping[str, int], key: str, value: str = "rows") -> dg.TableMetadataValue:
+    """Return a mapping of counts as a typed two-column table (``key`` text, ``value`` int), largest first."""
+    rows = [{key: str(k), value: v} for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    return table(rows, {key: "string", value: "int"})
 
 
 def head_jsonl(path: Path, limit: int) -> list[dict[str, Any]]:
@@ -45,17 +51,17 @@ def head_jsonl(path: Path, limit: int) -> list[dict[str, Any]]:
     return rows
 
 
-def chat_preview(rows: Iterable[Mapping[str, Any]]) -> dg.MetadataValue:
-    """Return chat examples as a table of their last user turn and assistant answer."""
-    table = []
+def chat_preview(rows: Iterable[Mapping[str, Any]]) -> dg.TableMetadataValue:
+    """Return chat examples as a typed table of their last user turn and assistant answer."""
+    shown = []
     for row in rows:
         messages = row.get("messages") or row.get("input", {}).get("messages", [])
         user = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
         answer = next((m.get("content") for m in reversed(messages) if m.get("role") == "assistant"), None)
         if answer is None:
             answer = (row.get("preferred_output") or [{}])[0].get("content", "")
-        table.append({"user": user, "assistant": answer})
-    return markdown_table(table, ["user", "assistant"])
+        shown.append({"user": user, "assistant": answer})
+    return table(shown, {"user": "string", "assistant": "string"})
 
 
 def image(path: Path, alt: str) -> dg.MetadataValue:
@@ -69,3 +75,141 @@ def image(path: Path, alt: str) -> dg.MetadataValue:
 def rounded(value: Any, digits: int = 4) -> Any:
     """Round a float for display; leave anything else as it is."""
     return round(value, digits) if isinstance(value, float) else value
+
+
+COLUMN_TYPES = ("string", "int", "float", "bool")
+TABLE_TEXT_CHARS = 160
+SPARK = "▁▂▃▄▅▆▇█"
+SVG_SAFE = "=',/:"
+INLINE_MARKDOWN_CHARS = 1000  # Dagster's UI shows shorter Markdown inline, longer behind "[Show Markdown]"
+
+
+def _typed(value: Any, kind: str) -> Any:
+    if value is None or value == "":
+        return None
+    if kind == "float":
+        return float(f"{float(value):.4g}")
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= TABLE_TEXT_CHARS else text[: TABLE_TEXT_CHARS - 1] + "…"
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
+    """Return rows as a typed table (``columns``: name → string | int | float | bool); floats to 4 significant digits.
+
+    The UI shows a table inline, with its schema one click away.
+    """
+    unknown = {kind for kind in columns.values() if kind not in COLUMN_TYPES}
+    if unknown:
+        raise ValueError(f"column types {sorted(unknown)} are not among {COLUMN_TYPES}")
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()])
+    records = [dg.TableRecord({name: _typed(row.get(name), kind) for name, kind in columns.items()}) for row in rows]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def sparkline(values: Sequence[float], width: int = 24) -> str:
+    """Return a one-line picture of a series (``▁`` lowest … ``█`` highest), at most ``width`` characters."""
+    if not values:
+        return ""
+    step = max(1, -(-len(values) // width))
+    sampled = [values[i] for i in range(0, len(values), step)]
+    if sampled[-1] != values[-1]:
+        sampled.append(values[-1])
+    low, high = min(sampled), max(sampled)
+    span = (high - low) or 1.0
+    return "".join(SPARK[round((v - low) / span * (len(SPARK) - 1))] for v in sampled)
+
+
+def inline_curves(series: Mapping[str, Sequence[tuple[float, float]]], alt: str) -> dg.MetadataValue:
+    """Return curves as Markdown short enough to show inline: a small SVG picture plus a sparkline per curve.
+
+    ``series`` maps a name (e.g. ``train loss``) to (x, y) points; the SVG is dropped (sparklines stay)
+    when it would push the Markdown past what the UI shows inline.
+    """
+    from urllib.parse import quote
+
+    lines = []
+    for name, points in series.items():
+        ys = [y for _, y in points]
+        if ys:
+            lines.append(f"`{name}` {ys[0]:.4g} → {ys[-1]:.4g} {sparkline(ys)}")
+    text = "  \n".join(lines)
+    drawn = {name: points for name, points in series.items() if points}
+    if not drawn:
+        return dg.MetadataValue.md(text or "_(no points)_")
+    xs = [x for points in drawn.values() for x, _ in points]
+    ys = [y for points in drawn.values() for _, y in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    width, height, colours = 240, 80, ("#4f43dd", "#e0731f", "#2e9d5b")
+
+    def polyline(points: Sequence[tuple[float, float]], colour: str, keep: int) -> str:
+        step = max(1, -(-len(points) // keep))
+        chosen = list(points[::step]) + ([points[-1]] if (len(points) - 1) % step else [])
+        coords = ",".join(
+            f"{round((x - x0) / ((x1 - x0) or 1) * width)},{round(height - (y - y0) / ((y1 - y0) or 1) * height)}"
+            for x, y in chosen
+        )
+        return f"<polyline points='{coords}' fill='none' stroke='{colour}' stroke-width='2'/>"
+
+    for keep in (40, 24, 12):
+        shapes = "".join(polyline(p, c, keep) for p, c in zip(drawn.values(), colours, strict=False))
+        svg = f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='-2 -2 {width + 4} {height + 4}'>{shapes}</svg>"
+        markdown = f"![{alt}](data:image/svg+xml,{quote(svg, safe=SVG_SAFE)})\n\n{text}"
+        if len(markdown) < INLINE_MARKDOWN_CHARS:
+            return dg.MetadataValue.md(markdown)
+    return dg.MetadataValue.md(text)
+
+
+LINEAGE = "lineage"  # the key ``ft_assets.lineage.sync`` rebuilds the lineage database from
+FLAW_MARKS = ("⟦", "⟧")
+
+
+def reading_order(
+    figures: Mapping[str, Any],
+    tables: Mapping[str, Any] | None = None,
+    pictures: Mapping[str, Any] | None = None,
+    recorded: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return an asset's metadata in reading order: figures, tables, pictures, then ``recorded``, ``lineage`` last.
+
+    ``figures`` are the few numbers and short texts that matter (ints and floats are charted across
+    versions in the Plots tab, so constants belong in a table or text, not here); ``recorded`` is
+    what ``LineageStore.record`` returned. A key given twice is a mistake, so it raises ValueError.
+    """
+    ordered: dict[str, Any] = {}
+    for part in (figures, tables or {}, pictures or {}, recorded or {}):
+        twice = ordered.keys() & part.keys()
+        if twice:
+            raise ValueError(f"metadata keys given twice: {sorted(twice)}")
+        ordered.update(part)
+    if LINEAGE in ordered:
+        ordered[LINEAGE] = ordered.pop(LINEAGE)
+    return ordered
+
+
+def excerpt(text: str, start: int, end: int | None = None, context: int = 60) -> str:
+    """Return ``text`` around ``text[start:end]`` (one character when ``end`` is None), the span marked ⟦…⟧.
+
+    Up to ``context`` characters show on either side, ``…`` where more was cut; a span at the very
+    end reads ``⟦end of line⟧``.
+    """
+    start = max(0, min(start, len(text)))
+    end = start + 1 if end is None else max(start, min(end, len(text)))
+    span = text[start:end] if end > start else ""
+    if not span and start >= len(text):
+        span = "end of line"
+    before = text[max(0, start - context) : start]
+    after = text[end : end + context]
+    return (
+        ("…" if start > context else "")
+        + before
+        + FLAW_MARKS[0]
+        + span
+        + FLAW_MARKS[1]
+        + after
+        + ("…" if end + context < len(text) else "")
+    )

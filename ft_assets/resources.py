@@ -13,6 +13,8 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging, work_folder
 
+DEFAULT_LINEAGE_DB = "data/lineage.duckdb"  # the default of ``ft-assets lineage --db``
+
 
 class ArtifactStore(dg.ConfigurableResource):
     """Folder of immutable, content-addressed artifacts: ``<root>/<asset>/<data_version>/``."""
@@ -47,7 +49,7 @@ class ArtifactStore(dg.ConfigurableResource):
 class LineageStore(dg.ConfigurableResource):
     """The DuckDB lineage database. Every write opens a short connection and retries on locks."""
 
-    path: str = "data/lineage.duckdb"
+    path: str = DEFAULT_LINEAGE_DB
     lock_timeout_s: float = 120.0
 
     def record(
@@ -61,7 +63,11 @@ class LineageStore(dg.ConfigurableResource):
     ) -> dict[str, Any]:
         """Record a materialization with its parents, members, library versions and device (where one ran it).
 
-        Returns metadata that lets ``sync`` redo it.
+        Returns the closing metadata entries, in reading order (spread it last: ``{**figures, ..., **recorded}``,
+        or ``ft_assets.metadata.reading_order``): ``data_version``, ``path``, ``lineage_query`` (the
+        ``ft-assets lineage`` command that answers for this version), ``artifact`` (the reference the IO manager
+        adds again, in place, so it does not land after the record) and ``lineage``, the JSON record that
+        ``sync`` redoes it from, last.
         """
         from ft_assets.lineage.environment import library_versions
         from ft_assets.lineage.store import Materialization, record
@@ -86,10 +92,17 @@ class LineageStore(dg.ConfigurableResource):
 
             members = pq.read_table(members_file)
         record(self.path, materialization, members)
+        from ft_assets.upstream import artifact_metadata
+
+        target = f"{ref.asset}@{ref.version}"
+        db = "" if self.path == DEFAULT_LINEAGE_DB else f" --db {self.path}"
         return {
-            "lineage": dg.MetadataValue.json(materialization.to_dict()),
-            "path": dg.MetadataValue.path(ref.path),
             "data_version": ref.version,
+            "path": dg.MetadataValue.path(ref.path),
+            "lineage_query": f"ft-assets lineage trace {target}{db} (what it was made from) · "
+            f"ft-assets lineage impact {target}{db} (what was made from it)",
+            **artifact_metadata(ref),
+            "lineage": dg.MetadataValue.json(materialization.to_dict()),
         }
 
     def record_evaluations(self, rows: list[dict[str, Any]]) -> None:

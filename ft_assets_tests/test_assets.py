@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -85,8 +86,8 @@ def test_data_job_materializes_data_assets_with_checks_and_lineage(project):
             if e.asset_key.to_user_string() == "cleaned_examples"
         )
         assert cleaned["read"].value == cleaned["kept"].value + cleaned["rejected"].value
-        assert cleaned["read_equals_kept_plus_rejected"].value is True
-        assert "example_missing_assistant_message" in cleaned["rejects_by_reason"].value
+        reasons = {r.data["reason"] for r in cleaned["rejects_by_reason"].records}
+        assert "example_missing_assistant_message" in reasons
         for asset, version in versions.items():
             assert (project / "artifacts" / asset / version).is_dir()
 
@@ -108,6 +109,58 @@ def test_data_job_materializes_data_assets_with_checks_and_lineage(project):
         with connect(db, read_only=True) as connection:
             assert connection.execute("SELECT count(*) FROM members").fetchone() == before
         assert {r["asset"] for r in queries.trace(db, "train_split")} == upstream
+
+
+def _chat_line(user: str, answer: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+
+
+def test_cleaned_examples_metadata_reads_figures_first_rejects_with_their_flaw_and_lineage_last(tmp_path):
+    """The asset page opens on the counts; rejected rows show why (around a parse error) and what they repeat."""
+    long_question = "Summarise the attached supplier invoice for the finance team, keeping only the vendor. " * 3
+    lines = [_chat_line(f"Invoice {i}: {long_question}", f"Vendor: Supplier {i}") for i in range(12)]
+    lines.append(lines[2])  # line 13: an exact duplicate of line 3
+    broken = _chat_line(long_question, "x").replace('"role": "assistant"', '"role" "assistant"')
+    lines.append(broken)  # line 14: a colon missing, 270 characters in
+    lines.append(json.dumps({"messages": [{"role": "user", "content": "No answer here"}]}))  # line 15
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "invoices.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "sources").mkdir()
+    selection = {"raw_examples", "source_documents", "synthetic_examples", "cleaned_examples"}
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(name) for name in selection}
+    )
+    config = {**_folders(tmp_path), "synthetic_examples": {"config": {"max_sources": 0}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(instance=instance, resources=_resources(tmp_path), run_config={"ops": config})
+    assert result.success
+    metadata = next(
+        e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "cleaned_examples"
+    )
+    keys = list(metadata)
+    assert keys[:3] == ["read", "kept", "rejected"], keys
+    first_table = next(i for i, key in enumerate(keys) if isinstance(metadata[key], dg.TableMetadataValue))
+    assert all(isinstance(metadata[k], dg.IntMetadataValue | dg.FloatMetadataValue | dg.TextMetadataValue)
+               for k in keys[:first_table]), "figures first, then tables"  # fmt: skip
+    assert {"duplicates", "fixed", "format"} <= set(keys[:first_table])
+    assert (metadata["read"].value, metadata["kept"].value, metadata["rejected"].value) == (15, 12, 3)
+    assert keys[-1] == "lineage", "the lineage record comes last"
+    assert keys.index("lineage_query") < keys.index("lineage")
+    assert metadata["lineage_query"].value.startswith("ft-assets lineage trace cleaned_examples@")
+
+    rejected = metadata["rejected_rows"]
+    assert isinstance(rejected, dg.TableMetadataValue)
+    assert [c.name for c in rejected.schema.columns] == ["file", "line", "reasons", "duplicate_of", "raw"]
+    rows = {r.data["line"]: r.data for r in rejected.records}
+    label = (tmp_path / "raw" / "invoices.jsonl").as_posix()
+    assert rows[13]["reasons"] == "exact_duplicate" and rows[13]["duplicate_of"] == f"{label}:3"
+    assert rows[14]["reasons"] == "invalid_json" and rows[14]["duplicate_of"] is None
+    assert '{"role" ⟦"⟧assistant", "content": "x"}]}' in rows[14]["raw"], "the flaw shows, 270 characters in"
+    assert rows[15]["reasons"] == "example_missing_assistant_message"
+    assert '"role":"user"' in rows[15]["raw"]
+    assert all(len(r.data["raw"]) <= 160 for r in rejected.records)
 
 
 def test_versions_follow_content(project):

@@ -134,7 +134,9 @@ def test_full_run_creates_one_job_follows_it_and_records_metrics(project):
         metadata = model.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
         assert metadata["fine_tuned_model"].value.startswith("gpt-4o-mini")
         assert metadata["steps"].value == 6
-        assert "![Azure fine-tuning loss](data:image/png;base64," in metadata["loss_curve"].value
+        assert "![Azure fine-tuning loss](data:image/png;base64," in metadata["loss_curve_png"].value
+        assert "loss" in metadata["loss_curve"].value and len(metadata["loss_curve"].value) < 1000
+        assert next(iter(metadata)) == "final_train_loss" and list(metadata)[-1] == "lineage"
         from ft_assets.lineage.sync import sync
 
         assert sync(instance, project / "rebuilt.duckdb")["fine_tune_metrics"] == 6
@@ -268,8 +270,11 @@ def test_api_models_are_evaluated_with_cost_and_break_even(project):
     assert metadata["training_cost_usd"].value > 0
     break_even = metadata["break_even_requests"].value
     assert isinstance(break_even, int) or break_even.startswith("never")
-    assert metadata["task"].value == "labels" and metadata["fine_tuned_main_score"].value == 1.0
-    assert metadata["hosting_usd_per_hour"].value == 1.70
+    settings = {r.data["setting"]: r.data["value"] for r in metadata["settings"].records}
+    assert settings["task"] == "labels" and metadata["fine_tuned_main_score"].value == 1.0
+    assert next(iter(metadata)) == "main_metric" and list(metadata)[-1] == "lineage"
+    assert settings["hosting_usd_per_hour"] == "1.7"  # a setting, as text: the Plots tab charts no constant
+    assert [c.name for c in metadata["evaluations"].schema.columns][:4] == ["model", "main_score", "ci_low", "ci_high"]
     rows = {row["model"]: row for row in queries.latest_evaluations(project / "lineage.duckdb")}
     tuned = next(row for name, row in rows.items() if name.startswith("azure:gpt-4o-mini"))
     assert tuned["provider"] == "api" and tuned["cost_per_1k_requests_usd"] > 0 and tuned["latency_p50_ms"] > 0

@@ -179,6 +179,12 @@ def test_main_job_makes_the_first_champion(runs):
     metadata = first["champion_model"]
     assert metadata["decision"].value == "promoted" and "no champion yet" in metadata["reason"].value
     assert metadata["champion"].value == f"merged_model@{merged}"
+    assert list(metadata)[:4] == ["decision", "reason", "champion", "champion_main_score"]
+    decisions = metadata["decisions"]
+    assert isinstance(decisions, dg.TableMetadataValue)
+    assert [c.name for c in decisions.schema.columns][:2] == ["candidate", "decision"]
+    assert decisions.records[0].data["candidate"] == f"merged_model@{merged}"
+    assert list(metadata)[-1] == "lineage" and "promotions" in metadata  # lineage sync reads both
     assert champion_file["asset"] == "merged_model" and champion_file["version"] == merged
     assert champion_file["path"] == first["merged_model"]["path"].value
 

@@ -127,3 +127,180 @@ def test_big_mutated_file_never_crashes(tmp_path: Path):
     assert report["read"] == 20_000 == report["kept"] + report["rejected"]
     assert report["kept"] > 5000
     assert report["by_reason"]["invalid_utf8"] > 100
+
+
+# Grouping: the vectorized signatures, near-duplicate search and union-find against plain Python
+# versions of the same definitions (group.py's docstring), on prompts that are paraphrase-like
+# near duplicates of each other, around the similarity threshold.
+
+_MASK64 = (1 << 64) - 1
+_PUNCTUATION = "".join(map(chr, [*range(0x21, 0x30), *range(0x3A, 0x41), *range(0x5B, 0x61), *range(0x7B, 0x7F)]))
+VOCABULARY = [
+    *("what", "is", "the", "a", "BGP", "route", "Routing", "protocol", "explain", "define", "means"),
+    *("Grüße", "ÉTÉ", "straße", "Ωmega", "naïve", "😀", "x-ray", "it's", "2024", "v1.2", "e=mc2"),
+]
+SEPARATORS = [" ", " ", " ", "  ", "\t", "\n", ", ", "? ", ". ", "\u00a0", "\u2003", " (", ") "]
+
+
+def _splitmix(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def reference_signature(prompt: str | None) -> bytes:
+    """MinHash of the prompt's set of lower-cased words, as group.prompt_signatures defines it, one row at a time."""
+    import xxhash
+
+    from ft_assets.dataset.group import EMPTY_BIN, SIGNATURE_BINS
+
+    text = (prompt or "").lower()
+    for character in _PUNCTUATION + "\t\n\r":
+        text = text.replace(character, " ")
+    words = {word.encode() for word in text.split()}
+    if not words:
+        return bytes([EMPTY_BIN] * SIGNATURE_BINS)
+    hashes = [xxhash.xxh3_64_intdigest(word) for word in words]
+    return bytes(
+        min(_splitmix(h ^ (((k + 1) * 0x9E3779B97F4A7C15) & _MASK64)) >> 48 for h in hashes) & 0xFF
+        for k in range(SIGNATURE_BINS)
+    )
+
+
+def reference_near_duplicate_pairs(signatures: list[bytes], threshold: float) -> list[tuple[int, int]]:
+    """For each band: rows with a band key in (key, row) order; a row and each of the next two that
+    share its key form a pair when enough of their bins are equal (group.near_duplicate_pairs)."""
+    from ft_assets.dataset.group import BANDS, NEAR_DUPLICATE_REACH, SIGNATURE_BINS
+
+    if threshold <= 0:
+        return []
+    pairs = []
+    for band in range(BANDS):
+        keyed = []
+        for row, signature in enumerate(signatures):
+            key = int.from_bytes(signature[4 * band : 4 * band + 4], "little")
+            if key not in (0, 0xFFFFFFFF):
+                keyed.append((key, row))
+        keyed.sort()
+        for step in range(1, NEAR_DUPLICATE_REACH + 1):
+            for (key, row), (other_key, other) in zip(keyed, keyed[step:], strict=False):
+                equal = sum(a == b for a, b in zip(signatures[row], signatures[other], strict=True))
+                if key == other_key and equal >= threshold * SIGNATURE_BINS - 1e-9:
+                    pairs.append((row, other))
+    return pairs
+
+
+def reference_components(n: int, pairs: list[tuple[int, int]]) -> list[int]:
+    """Connected components numbered in order of their smallest row, by a plain union-find."""
+    parent = list(range(n))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            node = parent[node]
+        return node
+
+    for a, b in pairs:
+        low, high = sorted((root(a), root(b)))
+        parent[high] = low
+    roots = [root(node) for node in range(n)]
+    numbers = {r: i for i, r in enumerate(sorted(set(roots)))}
+    return [numbers[r] for r in roots]
+
+
+@st.composite
+def paraphrases(draw: st.DrawFn) -> list[str | None]:
+    """Prompts in families: a base question and variants with a few words dropped, swapped or added."""
+    prompts: list[str | None] = []
+    for _ in range(draw(st.integers(1, 8))):
+        base = draw(st.lists(st.sampled_from(VOCABULARY), min_size=0, max_size=14))
+        for _ in range(draw(st.integers(1, 6))):
+            words = list(base)
+            for _ in range(draw(st.integers(0, 3))):
+                edit = draw(st.sampled_from(["drop", "add", "swap", "case"]))
+                at = draw(st.integers(0, max(len(words) - 1, 0)))
+                if edit == "add" or not words:
+                    words.insert(at, draw(st.sampled_from(VOCABULARY)))
+                elif edit == "drop":
+                    del words[at]
+                elif edit == "swap":
+                    words[at] = draw(st.sampled_from(VOCABULARY))
+                else:
+                    words[at] = words[at].upper()
+            separators = draw(st.lists(st.sampled_from(SEPARATORS), min_size=len(words), max_size=len(words)))
+            text = "".join(w + s for w, s in zip(words, separators, strict=True))
+            prompts.append(draw(st.sampled_from([text, text.strip(), None])) if not words else text)
+    return draw(st.permutations(prompts))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    prompts=paraphrases(),
+    threshold=st.sampled_from([0.0, 0.5, 0.75, 0.8, 0.85, 0.9, 1.0]) | st.floats(0.01, 1.0),
+    long_words=st.sampled_from([2, 5, 256]),
+    pair_slice=st.sampled_from([1, 3, 1 << 20]),
+    ascii_only=st.booleans(),
+)
+def test_grouping_matches_a_plain_reference(prompts, threshold, long_words, pair_slice, ascii_only):
+    import numpy as np
+    import pyarrow as pa
+
+    from ft_assets.dataset import group
+
+    if ascii_only:
+        prompts = [p.encode("ascii", "ignore").decode() if p is not None else None for p in prompts]
+    saved = group.LONG_PROMPT_WORDS, group.PAIR_SLICE
+    group.LONG_PROMPT_WORDS, group.PAIR_SLICE = long_words, pair_slice  # exercise both reductions and slicing
+    try:
+        signature = group.prompt_signatures(pa.array(prompts, pa.string()))
+        first, second = group.near_duplicate_pairs(signature, threshold)
+    finally:
+        group.LONG_PROMPT_WORDS, group.PAIR_SLICE = saved
+    expected = [reference_signature(p) for p in prompts]
+    assert [bytes(row) for row in signature] == expected
+    pairs = reference_near_duplicate_pairs(expected, threshold)
+    assert list(zip(first.tolist(), second.tolist(), strict=True)) == pairs
+    count, labels = group.connected_groups(len(prompts), first, second)
+    assert labels.tolist() == reference_components(len(prompts), pairs)
+    assert count == len(set(labels.tolist()))
+    keys = np.array([int.from_bytes(s[:8], "little") for s in expected], dtype=np.uint64) % np.uint64(7)
+    assert group.stable_order(keys).tolist() == sorted(range(len(keys)), key=lambda i: (int(keys[i]), i))
+
+
+@st.composite
+def write_plans(draw: st.DrawFn) -> tuple[int, list[list[tuple[bytes, bool, int]]], list[int]]:
+    """Outputs, chunks of (row, kept, output) with any run pattern, and the order the chunks are written in."""
+    outputs = draw(st.integers(1, 3))
+    line = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" "))
+    row = st.tuples(line, st.booleans(), st.integers(0, outputs - 1))
+    chunks = draw(st.lists(st.lists(row, max_size=25), min_size=1, max_size=6))
+    return outputs, chunks, draw(st.permutations(range(len(chunks))))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(plan=write_plans())
+def test_write_stage_matches_a_plain_reference(plan):
+    """Any chunk boundaries, kept-row runs and write order: each output holds its kept rows in input order."""
+    import tempfile
+
+    import numpy as np
+
+    from ft_assets.dataset.write import plan_writes, write_chunk
+
+    outputs, chunks, order = plan
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = []
+        for n, chunk in enumerate(chunks):
+            parts.append(Path(tmp) / f"part-{n}.jsonl")
+            parts[-1].write_bytes(b"".join(line + b"\n" for line, _, _ in chunk))
+        rows = [row for chunk in chunks for row in chunk]
+        keep = np.array([kept for _, kept, _ in rows], dtype=bool)
+        targets = np.array([output for _, _, output in rows], dtype=np.uint8)
+        sizes = np.array([len(line) + 1 for line, _, _ in rows], dtype=np.int64)
+        paths = [Path(tmp) / f"out-{o}.jsonl" for o in range(outputs)]
+        tasks = plan_writes(parts, [len(chunk) for chunk in chunks], keep, targets, sizes, paths)
+        for n in order:
+            write_chunk(tasks[n])
+        for o, path in enumerate(paths):
+            expected = b"".join(line + b"\n" for line, kept, output in rows if kept and output == o)
+            assert path.read_bytes() == expected

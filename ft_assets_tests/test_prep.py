@@ -250,7 +250,7 @@ HIDE_LINUX_ONLY = """
 import multiprocessing
 import os
 
-for name in ("copy_file_range", "pread"):
+for name in ("copy_file_range", "pread", "pwrite"):
     if hasattr(os, name):
         delattr(os, name)
 multiprocessing.get_all_start_methods = lambda: ["spawn"]
@@ -274,7 +274,7 @@ if __name__ == "__main__":
 
 
 def test_prep_is_byte_identical_without_linux_only_calls(shipped_raw, tmp_path):
-    """copy_file_range, pread, mallopt and fork hidden (here and in every worker): the same bytes out."""
+    """copy_file_range, pread, pwrite, mallopt and fork hidden (here and in every worker): the same bytes out."""
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_LINUX_ONLY)

@@ -352,7 +352,7 @@ def test_offline_run_reports_variants_per_source_and_skipped_duplicates(tmp_path
     metadata = _synthetic_metadata(result)
     assert metadata["provider"].value == "offline" and metadata["generated"].value == 15
     assert metadata["duplicate_sources_skipped"].value == 1
-    assert "| 3 | 5 |" in metadata["variants_per_source"].value
+    assert [r.data for r in metadata["variants_per_source"].records] == [{"variants": 3, "sources": 5}]
     details = json.loads(Path(metadata["path"].value, "generator.json").read_text())
     assert set(details["variants_per_source"].values()) == {3} and len(details["variants_per_source"]) == 5
 
@@ -374,7 +374,8 @@ def test_a_json_glossary_of_33_terms_gives_33_document_examples(tmp_path, monkey
     metadata = _synthetic_metadata(result)
     assert metadata["provider"].value == provider and metadata["generated"].value == 33
     assert metadata["source_files_without_entries"].value == 2
-    assert "| glossary.json | 33 |" in metadata["entries_per_source_file"].value
+    entries = {r.data["file"]: r.data["entries"] for r in metadata["entries_per_source_file"].records}
+    assert entries["glossary.json"] == 33
     assert any("broken.json gave no entries" in w for w in warnings)
     assert any("prose.md gave no entries" in w for w in warnings)
     examples = [json.loads(line) for line in Path(metadata["path"].value, "examples.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 """The main job through Dagster on the shipped data with a tiny model: Pipes training, checks, reuse, lineage, eval."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -80,8 +81,8 @@ def test_main_job_trains_merges_and_evaluates(first_run):
     assert all(m["reused"].value is False for name, m in metadata.items() if "reused" in m)
     lora = metadata["lora_adapter"]
     assert lora["tokens_per_second"].value > 0
-    assert "![training loss](data:image/png;base64," in lora["loss_curve"].value
-    assert "| step | epoch | loss |" in lora["loss_table"].value
+    assert "![training loss curve](data:image/png;base64," in lora["loss_curve_png"].value
+    assert _columns(lora["loss_table"])[:3] == ["step", "epoch", "loss"]
     assert any("[pipes]" in line or "training LoRA" in line for line in logs), "training logs reach Dagster"
     assert any(line.startswith("step ") and "loss" in line for line in logs), "progress (step, loss) is logged"
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
@@ -90,11 +91,58 @@ def test_main_job_trains_merges_and_evaluates(first_run):
     assert ("evaluation_table", "adapter_beats_base") in checks
 
 
+def _columns(value: dg.MetadataValue) -> list[str]:
+    assert isinstance(value, dg.TableMetadataValue), value
+    return [column.name for column in value.schema.columns]
+
+
 def test_adapter_model_card_names_its_inputs(first_run, project):
     metadata = _metadata(first_run[0])
     card = Path(metadata["lora_adapter"]["path"].value, "README.md").read_text()
     for asset in ("base_model", "train_split", "validation_split"):
         assert metadata[asset]["data_version"].value in card
+    assert card.startswith("# LoRA adapter") and "## Hyperparameters" in card
+    assert "| target_modules | q_proj, v_proj |" in card and "| epochs | 1 |" in card
+    assert not re.search(r"None|\['|\b\d+\.0\b", card), card  # no Python reprs: None, ['q_proj'], 12.0
+
+
+def test_metadata_reads_figures_first_and_lineage_last(first_run):
+    metadata = _metadata(first_run[0])
+    lora = metadata["lora_adapter"]
+    keys = list(lora)
+    assert keys[:6] == ["final_train_loss", "final_eval_loss", "loss_curve", "tokens_per_second", "train_seconds",
+                        "trainable_parameters"]  # fmt: skip
+    assert all(isinstance(lora[k].value, int | float) for k in keys[:6] if k != "loss_curve")
+    curve = lora["loss_curve"]
+    assert isinstance(curve, dg.MarkdownMetadataValue)
+    assert len(curve.value) < 1000  # the UI shows shorter Markdown inline
+    assert re.search(r"!\[[^\]]*loss[^\]]*\]\(data:image/", curve.value), curve.value
+    assert keys.index("loss_curve") < keys.index("hyperparameters") < keys.index("model_card")
+    # Hyperparameters once, as a typed two-column table of text (the model card and the lineage record aside).
+    assert _columns(lora["hyperparameters"]) == ["setting", "value"]
+    settings = {r.data["setting"]: r.data["value"] for r in lora["hyperparameters"].records}
+    assert settings["r"] == "4" and settings["target_modules"] == "q_proj, v_proj"
+    mentions = [k for k, v in lora.items() if "target_modules" in str(v.value)]
+    assert mentions == ["hyperparameters", "model_card", "lineage"], mentions
+    blobs = [k for k, v in lora.items() if isinstance(v, dg.JsonMetadataValue) and k not in ("lineage", "artifact")]
+    assert not blobs, {k: lora[k] for k in blobs}
+
+    evaluation = metadata["evaluation_table"]
+    keys = list(evaluation)
+    assert keys[0] == "main_metric" and evaluation["main_metric"].value == "exact_match"
+    scores = [k for k in keys if k.startswith("score: ")]
+    assert keys[1 : 1 + len(scores)] == scores and "score: lora_adapter" in scores and len(scores) == 4
+    assert all(isinstance(evaluation[k], dg.FloatMetadataValue) for k in scores)
+    assert _columns(evaluation["evaluations"])[:5] == ["model", "main_score", "ci_low", "ci_high", "n"]
+    assert "latency_p50_ms" in _columns(evaluation["evaluations"])
+    assert [r.data["model"] for r in evaluation["evaluations"].records] == [s.removeprefix("score: ") for s in scores]
+    assert not any(isinstance(v, dg.IntMetadataValue) for v in evaluation.values())  # max_new_tokens is a setting
+
+    base = metadata["base_model"]
+    assert list(base)[:2] == ["source", "parameters"] and _columns(base["settings"]) == ["setting", "value"]
+    assert "pretraining loss" in base["pretraining_curve"].value and len(base["pretraining_curve"].value) < 1000
+    for asset in ("base_model", "lora_adapter", "merged_model", "evaluation_table", "champion_model"):
+        assert list(metadata[asset])[-1] == "lineage", (asset, list(metadata[asset]))
 
 
 def test_evaluation_rows_and_eval_cli(first_run, project):
@@ -131,7 +179,7 @@ def test_every_prediction_is_kept(first_run, project):
         counts = dict(connection.execute("SELECT model, count(*) FROM predictions GROUP BY model").fetchall())
         n = connection.execute("SELECT max(n) FROM evaluations").fetchone()[0]
     assert len(counts) == 4 and set(counts.values()) == {n}
-    assert "| model | example_id | score | reference | prediction |" in metadata["worst_predictions"].value
+    assert _columns(metadata["worst_predictions"]) == ["model", "example_id", "score", "reference", "prediction"]
     assert Path(metadata["path"].value, "predictions.parquet").exists()
 
 
@@ -151,6 +199,12 @@ def test_rerun_with_nothing_changed_reuses_every_model(first_run, project):
     for asset in ("base_model", "lora_adapter", "merged_model", "evaluation_table"):
         assert after[asset]["reused"].value is True, asset
         assert after[asset]["data_version"].value == before[asset]["data_version"].value
+    # A reused artifact did not run again: no timings charted as if it had (told as text instead).
+    lora = after["lora_adapter"]
+    assert "train_seconds" not in lora and "tokens_per_second" not in lora
+    assert list(lora)[:2] == ["final_train_loss", "final_eval_loss"]
+    assert lora["trained"].value.startswith("not in this run: reused")
+    assert "latency_p50_ms" not in [c.name for c in after["evaluation_table"]["evaluations"].schema.columns]
 
 
 def test_a_training_failure_names_its_cause(project):

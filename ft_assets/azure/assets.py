@@ -22,7 +22,8 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
-from ft_assets.metadata import image, markdown_table
+from ft_assets.metadata import image, inline_curves, rounded, table
+from ft_assets.readable import finite, settings_table, text
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 if TYPE_CHECKING:
@@ -192,13 +193,13 @@ def azure_training_files(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
-            "training_file": uploaded["train"]["file_id"],
-            "validation_file": uploaded.get("validation", {}).get("file_id", ""),
-            "uploaded_now": sum(v["uploaded_now"] for v in uploaded.values()),
             "estimated_cost_usd": cost["estimated_cost_usd"],
             "billed_tokens": cost["billed_tokens"],
-            "epochs": cost["epochs"],
+            "uploaded_now": sum(v["uploaded_now"] for v in uploaded.values()),
+            "training_file": uploaded["train"]["file_id"],
+            "validation_file": uploaded.get("validation", {}).get("file_id", ""),
+            "epochs": text(cost["epochs"]),  # a setting (text): the Plots tab charts no constant
+            **recorded,
         },
     )
 
@@ -263,12 +264,12 @@ def azure_finetune_job(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
             "job_id": job.id,
-            "model": job_config["model"],
             "status": job.status,
+            "model": job_config["model"],
             "created_now": created,
             "estimated_cost_usd": round(cost, 4),
+            **recorded,
         },
     )
 
@@ -338,18 +339,24 @@ def azure_fine_tuned_model(
         ref = artifacts.publish(staging, "azure_fine_tuned_model")
     lineage.record_fine_tune_metrics(ref.version, job_id, metrics)
     recorded = lineage.record(context, ref, [azure_finetune_job], {})
-    columns = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    columns = {"step": "int", "train_loss": "float", "train_mean_token_accuracy": "float", "valid_loss": "float",
+               "valid_mean_token_accuracy": "float"}  # fmt: skip
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
-            **{k: v for k, v in model.items() if v is not None},
+            "final_train_loss": rounded(series["train"][-1][1]) if series["train"] else None,
+            "final_valid_loss": rounded(series["validation"][-1][1]) if series["validation"] else None,
             "steps": len(metrics),
-            "final_train_loss": series["train"][-1][1] if series["train"] else None,
-            "metrics": markdown_table(metrics, columns),
-            "loss_curve": image(ref.file("loss_curve.png"), "Azure fine-tuning loss"),
-            "checkpoints": markdown_table(checkpoints, ["id", "step", "model"]),
+            **({"trained_tokens": model["trained_tokens"]} if model["trained_tokens"] is not None else {}),
+            "loss_curve": inline_curves(
+                {"train loss": series["train"], "valid loss": series["validation"]}, alt="Azure fine-tuning loss curve"
+            ),
+            **{k: v for k, v in model.items() if v is not None and k != "trained_tokens"},
+            "metrics": table(metrics, columns),
+            "checkpoints": table(checkpoints, {"id": "string", "step": "int", "model": "string"}),
+            "loss_curve_png": image(ref.file("loss_curve.png"), "Azure fine-tuning loss"),
+            **recorded,
         },
     )
 
@@ -363,29 +370,55 @@ def azure_fine_tuned_model(
     f"a succeeded job's model that failed is asked for again, {MODEL_RUN_ATTEMPTS} runs in all.",
 )
 def azure_finetune_sensor(context: dg.SensorEvaluationContext, llm: LLMResource) -> dg.SensorResult | dg.SkipReason:
-    """Look at the job once; ask for the model when it is done, and again after a failed run."""
+    """Look at the job once; ask for the model when it is done, and again after a failed run.
+
+    Each tick logs (the tick's "View logs" in the UI), in sentences, which job it polled, its status
+    and new events, and what it requested or why nothing.
+    """
     from ft_assets.azure.finetune import Retry, follow
     from ft_assets.llm.client import CREDENTIAL_VARIABLES, sync_client
 
     settings = llm.client_settings()
     if settings.provider is None:
+        context.log.info(
+            f"No fine-tuning job is polled because no credentials are set; to fine-tune on Azure OpenAI or OpenAI, "
+            f"set {CREDENTIAL_VARIABLES}."
+        )
         return dg.SkipReason(f"no credentials: set {CREDENTIAL_VARIABLES}")
     event = context.instance.get_latest_materialization_event(dg.AssetKey("azure_finetune_job"))
     materialization = event.asset_materialization if event else None
     if materialization is None or "job_id" not in materialization.metadata:
+        context.log.info(
+            "No fine-tuning job has been created yet (azure_finetune_job has no materialization with a job id), "
+            "so there is nothing to poll; materialize azure_finetune_job to start one."
+        )
         return dg.SkipReason("no fine-tuning job has been created yet")
     job_id = str(materialization.metadata["job_id"].value)
     cursor = json.loads(context.cursor) if context.cursor else {}
     with sync_client(settings, max_retries=0) as client:
         update = follow(client, job_id, cursor.get(job_id), Retry(attempts=3), context.log.info)
+    context.log.info(
+        f"Polled fine-tuning job {job_id} ({settings.provider}): its status is {update.job.status}, with "
+        f"{len(update.events)} new event(s)."
+    )
     for job_event in update.events:
         context.log.info(f"{job_id} [{job_event.level}] {job_event.message}")
     cursor[job_id] = update.cursor
     if not update.finished:
+        context.log.info(
+            f"Job {job_id} has not finished, so nothing is requested; it is polled again on the next tick "
+            "(every minute)."
+        )
         return dg.SensorResult(skip_reason=f"job {job_id} is {update.job.status}", cursor=json.dumps(cursor))
     request = _model_request(context, job_id, update.job.status)
     if isinstance(request, str):
+        context.log.info(f"Nothing is requested: {request}.")
         return dg.SensorResult(skip_reason=request, cursor=json.dumps(cursor))
+    purpose = "record the fine-tuned model" if update.job.status == "succeeded" else "record the service's error"
+    context.log.info(
+        f"Job {job_id} is {update.job.status}: requested a run of azure_fine_tuned_model (run key "
+        f"{request.run_key}) to {purpose}."
+    )
     return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
 
 
@@ -411,6 +444,11 @@ def _model_request(context: dg.SensorEvaluationContext, job_id: str, status: str
         asset_selection=[dg.AssetKey("azure_fine_tuned_model")],
         tags={JOB_TAG: job_id},
     )
+
+
+AZURE_EVALUATION_COLUMNS = {"model": "string", "main_score": "float", "ci_low": "float", "ci_high": "float", "n": "int",
+                            "exact_match": "float", "latency_p50_ms": "int", "output_tokens_mean": "float",
+                            "cost_per_1k_requests_usd": "float", "failed_requests": "int"}  # fmt: skip
 
 
 class AzureEvaluationConfig(dg.Config):
@@ -563,29 +601,31 @@ def azure_model_evaluation(
     )
     lineage.record_predictions([{**row, **stamp} for row in predictions])
     recorded = lineage.record(context, ref, [azure_fine_tuned_model, train_split, test_split], config)
-    columns = ["model", "n", "main_metric", "main_score", "ci_low", "ci_high", "latency_p50_ms", "latency_p95_ms",
-               "prompt_tokens_mean", "output_tokens_mean", "cost_per_1k_requests_usd"]  # fmt: skip
     test = paired[base.row["model"]]
+    latency = [finite(row["latency_p50_ms"]) for row in rows]  # one column, rounded to a millisecond
+    table_rows = [{**{k: finite(v) for k, v in row.items()}, "latency_p50_ms": None if ms is None else round(ms)}
+                  for row, ms in zip(rows, latency, strict=True)]  # fmt: skip
+    settings = {"task": task, "task_reason": reason, "fine_tuned_deployment": config.fine_tuned_deployment,
+                "base_deployment": config.base_deployment, "hosting_usd_per_hour": config.hosting_usd_per_hour,
+                "requests_per_hour": config.requests_per_hour, "max_tokens": max_tokens}  # fmt: skip
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
-            "task": task,
-            "task_reason": reason,
-            "evaluations": markdown_table(rows, columns),
+            "main_metric": tuned.row["main_metric"],
+            "fine_tuned_main_score": finite(tuned.row["main_score"]),
+            "base_main_score": finite(base.row["main_score"]),
+            "fine_tuned_exact_match": finite(tuned.row["exact_match"]),
+            "base_exact_match": finite(base.row["exact_match"]),
+            "difference_significant": bool(test["significant"]),
+            "difference_p_value": finite(test["p_value"]),
             "training_cost_usd": round(training_cost, 4) if training_cost is not None else "unknown price",
-            "hosting_usd_per_hour": config.hosting_usd_per_hour,
-            "requests_per_hour": config.requests_per_hour,
             "break_even_requests": (
                 math.ceil(break_even) if math.isfinite(break_even)
                 else "never at this traffic (no saving after hosting, or unknown price)"
             ),
-            "fine_tuned_main_score": tuned.row["main_score"],
-            "base_main_score": base.row["main_score"],
-            "fine_tuned_exact_match": tuned.row["exact_match"],
-            "base_exact_match": base.row["exact_match"],
-            "difference_significant": bool(test["significant"]),
-            "difference_p_value": test["p_value"],
+            "evaluations": table(table_rows, AZURE_EVALUATION_COLUMNS),
+            "settings": settings_table(settings),
+            **recorded,
         },
     )  # fmt: skip

@@ -11,7 +11,8 @@ from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.assets import COMPARISONS, EvaluationConfig, adapter_beats_baselines
 from ft_assets.evaluation.results import read_results
-from ft_assets.metadata import markdown_table, rounded
+from ft_assets.metadata import table
+from ft_assets.readable import finite
 from ft_assets.resources import ArtifactStore, LineageStore
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 CHAMPION_CODE = source_version(__name__, "champion_model")
 IDENTITY = "champion.json"
-DECISION_COLUMNS = ["candidate", "decision", "reason", "candidate_score", "champion_score", "difference", "p_value"]
+DECISION_COLUMNS = {"candidate": "string", "decision": "string", "candidate_score": "float", "champion_score": "float",
+                    "difference": "float", "p_value": "float", "reason": "string"}  # fmt: skip
 
 
 class ChampionConfig(dg.Config):
@@ -206,26 +208,25 @@ def champion_model(
         (staging / IDENTITY).write_text(json.dumps(identity, sort_keys=True))
         ref = artifacts.publish(staging, "champion_model")
     recorded = lineage.record(context, ref, [(champion.asset, champion.version)] if champion else [], config)
-    table = [
+    rows = [
         {"candidate": f"{row['candidate_asset']}@{row['candidate_version']}", "decision": row["decision"],
-         "reason": row["reason"], "candidate_score": rounded(row["candidate_score"]),
-         "champion_score": rounded(row["champion_score"]), "difference": rounded(row["difference"]),
-         "p_value": rounded(row["p_value"])}
+         "reason": row["reason"], **{k: finite(row[k]) for k in ("candidate_score", "champion_score", "difference",
+                                                                 "p_value")}}
         for row in decisions
     ]  # fmt: skip
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
-            "champion": champion.name if champion else "none yet",
             "decision": decisions[0]["decision"],
-            "reason": decisions[0]["reason"],
+            "reason": dg.MetadataValue.md(decisions[0]["reason"]),  # Markdown wraps in the UI; text is cut off
+            "champion": champion.name if champion else "none yet",
+            **({"champion_main_score": finite(current["main_score"])} if current else {}),
+            "decisions": table(rows, DECISION_COLUMNS),
             "main_metric": local.main_metric,
-            "champion_main_score": current["main_score"] if current else None,
             "test_split_version": split,
-            "decisions": markdown_table(table, DECISION_COLUMNS),
-            "promotions": dg.MetadataValue.json(decisions),
             "stable_path": dg.MetadataValue.path(str(stable)),
+            "promotions": dg.MetadataValue.json(decisions),  # every field of each decision; lineage sync reads it
+            **recorded,
         },
     )

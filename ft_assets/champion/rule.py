@@ -72,7 +72,7 @@ def decide(
     Raises ValueError when the two were not scored by the same metric on the same number of examples.
     """
     if failed_checks:
-        return Decision(KEPT, f"blocking checks failed: {', '.join(failed_checks)}; a model whose checks failed never "
+        return Decision(KEPT, f"its checks failed ({', '.join(failed_checks)}): a model whose checks failed never "
                               "serves")  # fmt: skip
     if champion is None:
         return Decision(PROMOTED, f"no champion yet; candidate scores {candidate.summary()}")

@@ -11,7 +11,7 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.defaults import RAW_FOLDER, RAW_PATTERN
-from ft_assets.metadata import chat_preview, counts_table, head_jsonl, markdown_table
+from ft_assets.metadata import chat_preview, counts_table, excerpt, head_jsonl, reading_order, table
 from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "data"
@@ -100,19 +100,31 @@ def _snapshot(
     if manifest["ignored"]:
         context.log.warning(f"{asset}: ignored files not matching {pattern}: {', '.join(manifest['ignored'])}")
     parents = [(f"file:{(source / f['name']).as_posix()}", f["sha256"][:16]) for f in manifest["files"]]
-    metadata = lineage.record(context, ref, parents, config)
+    recorded = lineage.record(context, ref, parents, config)
     lines = sum(f["lines"] for f in manifest["files"])
     context.log.info(f"{asset}: {len(manifest['files'])} files, {lines} lines -> {ref.path}")
+    files = [{**f, "sha256": f["sha256"][:16]} for f in manifest["files"]]
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            **metadata,
-            "files": markdown_table(manifest["files"], ["name", "lines", "bytes", "sha256"]),
-            "file_count": len(manifest["files"]),
-            "lines": lines,
-            "ignored_files": len(manifest["ignored"]),
-        },
+        metadata=reading_order(
+            {
+                "files": len(manifest["files"]),
+                "lines": lines,
+                "bytes": sum(f["bytes"] for f in manifest["files"]),
+                "ignored_files": len(manifest["ignored"]),
+                "folder": source.as_posix(),
+            },
+            {
+                "per_file": table(files, {"name": "string", "lines": "int", "bytes": "int", "sha256": "string"}),
+                **(
+                    {"ignored": table([{"name": n} for n in manifest["ignored"]], {"name": "string"})}
+                    if manifest["ignored"]
+                    else {}
+                ),
+            },
+            recorded=recorded,
+        ),
     )
 
 
@@ -162,7 +174,7 @@ def cleaned_examples(
     """Validate, fix and de-duplicate the raw and synthetic examples."""
     import json
 
-    from ft_assets.dataset.prep import REJECTED, PrepError, clean
+    from ft_assets.dataset.prep import CLEANED_INDEX, REJECTED, PrepError, clean
     from ft_assets.dataset.snapshot import MANIFEST, snapshot_files
     from ft_assets.dataset.validate import CleanConfig
 
@@ -182,8 +194,9 @@ def cleaned_examples(
         except PrepError as error:
             raise dg.Failure(f"cleaned_examples: {error}") from error
         (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        rejected = head_jsonl(staging / REJECTED, 20)
+        rejected = _rejected_sample(staging / REJECTED, report["by_reason"])
         preview = head_jsonl(staging / "cleaned.jsonl", 5)
+        fixed, flagged = _fixed_and_flagged(staging / CLEANED_INDEX)
         ref = artifacts.publish(staging, "cleaned_examples")
     context.log.info(
         f"cleaned_examples: read {report['read']} = kept {report['kept']} + rejected {report['rejected']} "
@@ -196,42 +209,164 @@ def cleaned_examples(
             )
     if report["quality"]:
         context.log.warning(f"cleaned_examples: suspicious rows flagged: {report['quality']} (see data_quality)")
-    metadata = lineage.record(context, ref, [raw_examples, synthetic_examples], config)
+    recorded = lineage.record(context, ref, [raw_examples, synthetic_examples], config)
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            **metadata,
-            "read": report["read"],
-            "kept": report["kept"],
-            "rejected": report["rejected"],
-            "duplicates": report["duplicates"],
-            "read_equals_kept_plus_rejected": report["read"] == report["kept"] + report["rejected"],
-            "dagster/row_count": report["kept"],
-            "synthetic_examples_kept": report["files"][-1]["kept"],
-            "format": report["format"],
-            "rows_per_format": counts_table(report["formats"], "format"),
-            "rejects_by_reason": counts_table(report["by_reason"], "reason"),
-            "fixes": counts_table(report["fixes"], "fix"),
-            "quality_flags": counts_table(report["quality"], "flag"),
-            "data_quality": markdown_table(
-                [{**r, "flags": ", ".join(r["flags"])} for r in report["quality_rows"]], ["file", "line", "flags"]
-            ),
-            "tokens_per_example": dg.MetadataValue.json(report["tokens"]),
-            "per_file": markdown_table(report["files"], ["path", "kind", "read", "kept", "rejected"]),
-            "rejected_rows": markdown_table(
-                [
-                    {"file": r["file"], "line": r["line"], "reasons": ", ".join(r["reasons"]), "raw": r["raw"]}
-                    for r in rejected
-                ],
-                ["file", "line", "reasons", "raw"],
-            ),
-            "preview": chat_preview(preview),
-        },
+        metadata=reading_order(
+            {
+                "read": report["read"],
+                "kept": report["kept"],
+                "rejected": report["rejected"],
+                "rejected_because": ", ".join(
+                    f"{reason} {count}" for reason, count in sorted(report["by_reason"].items(), key=lambda kv: -kv[1])
+                )
+                or "nothing rejected",
+                "duplicates": report["duplicates"],
+                "fixed": fixed,
+                "flagged": flagged,
+                "from_synthetic": report["files"][-1]["kept"],
+                "format": report["format"],
+                "dagster/row_count": report["kept"],
+            },
+            {
+                "rejects_by_reason": counts_table(report["by_reason"], "reason"),
+                "rejected_rows": table(rejected, REJECTED_COLUMNS),
+                "fixes": counts_table(report["fixes"], "fix"),
+                "quality_flags": counts_table(report["quality"], "flag"),
+                "data_quality": table(
+                    [{**r, "flags": ", ".join(r["flags"])} for r in report["quality_rows"]],
+                    {"file": "string", "line": "int", "flags": "string"},
+                ),
+                "per_file": table(report["files"], PER_FILE_COLUMNS),
+                "rows_per_format": counts_table(report["formats"], "format"),
+                "tokens_per_example": table([report["tokens"]], TOKEN_COLUMNS),
+                "preview": chat_preview(preview),
+                "settings": table(
+                    [
+                        {"setting": k, "value": str(v).lower() if isinstance(v, bool) else str(v)}
+                        for k, v in config.model_dump().items()
+                    ],
+                    {"setting": "string", "value": "string"},
+                ),
+            },
+            recorded=recorded,
+        ),
     )
 
 
-def _split_metadata(ref: ArtifactRef) -> dict[str, Any]:
+PER_FILE_COLUMNS = {"path": "string", "kind": "string", "read": "int", "kept": "int", "rejected": "int"}
+REJECTED_COLUMNS = {"file": "string", "line": "int", "reasons": "string", "duplicate_of": "string", "raw": "string"}
+TOKEN_COLUMNS = {"min": "int", "median": "float", "p90": "float", "max": "int", "total": "int"}
+REJECTED_SHOWN = 20
+REJECTED_SCAN_BYTES = 64 << 20  # stop looking for a rare reason's example after this much of rejected.jsonl
+
+
+def _flaw(record: dict[str, Any]) -> str:
+    """Return a rejected row's raw text as far as it shows the flaw: a window around a parse error, else its shape.
+
+    ``rejected.jsonl`` keeps the whole raw line but not where the flaw is, so it is found again here:
+    the position a JSON parser stops at, the first undecodable byte, or, for a row that parses but
+    breaks the format, the row with its long strings shortened so that its keys and roles fit.
+    """
+    import json
+    import re
+
+    raw, reasons = record.get("raw", ""), record.get("reasons", [])
+    if record.get("duplicate_of"):
+        return raw  # the flaw is elsewhere: duplicate_of names the row it repeats
+    if "blank_line" in reasons:
+        return "⟦blank line⟧"
+    if "invalid_utf8" in reasons and (bad := re.search(r"(?<!\\)\\x[0-9a-f]{2}", raw)):
+        return excerpt(raw, bad.start(), bad.end())
+    text = raw.removeprefix("\ufeff").rstrip("\r")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:  # a string never closed is flawed where the line ends
+        return excerpt(text, len(text) if error.msg.startswith("Unterminated string") else error.pos)
+    return raw if "invalid_json" in reasons else _shape(value)
+
+
+def _shape(value: Any, budget: int = 150) -> str:
+    """Return ``value`` as compact JSON, its strings cut to the longest length that keeps it within ``budget``."""
+    import json
+
+    def cut(item: Any, limit: int) -> Any:
+        if isinstance(item, str) and len(item) > limit:
+            return f"{item[:limit]}…({len(item)} chars)"
+        if isinstance(item, list):
+            return [cut(v, limit) for v in item]
+        if isinstance(item, dict):
+            return {k: cut(v, limit) for k, v in item.items()}
+        return item
+
+    text = ""
+    for limit in (80, 40, 20, 10, 4):
+        text = json.dumps(cut(value, limit), ensure_ascii=False, separators=(",", ":"))
+        if len(text) <= budget:
+            break
+    return text
+
+
+def _rejected_sample(path: Path, by_reason: dict[str, int], limit: int = REJECTED_SHOWN) -> list[dict[str, Any]]:
+    """Return up to ``limit`` rejected rows, every reason shown when there is room, in input order.
+
+    Reads ``rejected.jsonl`` only until each reason has its examples (at most ``REJECTED_SCAN_BYTES``).
+    """
+    import orjson
+
+    wanted = {reason: min(count, limit) for reason, count in by_reason.items()}
+    seen: dict[str, list[int]] = {reason: [] for reason in by_reason}
+    rows: list[dict[str, Any]] = []
+    scanned = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            scanned += len(line)
+            record = orjson.loads(line)
+            useful = [r for r in record["reasons"] if len(seen.setdefault(r, [])) < wanted.get(r, limit)]
+            if useful:
+                for reason in useful:
+                    seen[reason].append(len(rows))
+                rows.append(record)
+            if all(len(seen[r]) >= n for r, n in wanted.items()) or scanned > REJECTED_SCAN_BYTES:
+                break
+    chosen: list[int] = []
+    queues = [list(seen[r]) for r in sorted(seen, key=lambda r: (-by_reason.get(r, 0), r))]
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            while queue and queue[0] in chosen:
+                queue.pop(0)
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    shown = []
+    for index in sorted(chosen):
+        record = rows[index]
+        duplicate_of = record.get("duplicate_of")
+        shown.append(
+            {
+                "file": record["file"],
+                "line": record["line"],
+                "reasons": ", ".join(record["reasons"]),
+                "duplicate_of": f"{duplicate_of['file']}:{duplicate_of['line']}" if duplicate_of else None,
+                "raw": _flaw(record),
+            }
+        )
+    return shown
+
+
+def _fixed_and_flagged(index: Path) -> tuple[int, int]:
+    """Return how many kept rows had at least one fix, and how many carry a data-quality flag."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    columns = pq.read_table(index, columns=["fixes", "quality"])
+    return tuple(  # type: ignore[return-value]
+        int(pc.sum(pc.not_equal(columns[name], 0)).as_py() or 0) for name in ("fixes", "quality")
+    )
+
+
+def _split_metadata(ref: ArtifactRef, report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return a split's figures and tables."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -245,24 +380,38 @@ def _split_metadata(ref: ArtifactRef) -> dict[str, Any]:
             "p90": float(np.percentile(tokens, 90)),
             "max": int(tokens.max()),
         }
-    return {
+    figures = {
         "rows": members.num_rows,
-        "dagster/row_count": members.num_rows,
         "groups": len(set(members["group_id"].to_pylist())),
-        "tokens_per_example": dg.MetadataValue.json(stats),
         "tokens_total": int(tokens.sum()),
-        "preview": chat_preview(head_jsonl(ref.file("data.jsonl"), 5)),
+        "dagster/row_count": members.num_rows,
     }
+    tables = {
+        "tokens_per_example": table([stats], {k: v for k, v in TOKEN_COLUMNS.items() if k != "total"}),
+        "preview": chat_preview(head_jsonl(ref.file("data.jsonl"), 5)),
+        "all_splits": table(
+            [{"split": name, **report[name]} for name in SPLIT_ASSETS if name in report],
+            {"split": "string", "rows": "int", "tokens": "int"},
+        ),
+    }
+    return figures, tables
 
 
 def _grouping_metadata(grouping: dict[str, Any]) -> dict[str, Any]:
+    """Return the tables of how the rows were grouped before splitting (the same on every split)."""
     joined = [{"joined_by": name, **counts} for name, counts in grouping["joined_by"].items()]
+    formed = {
+        "groups formed": grouping["groups"],
+        "rows assigned by the user": grouping["user_assigned_rows"],
+        "largest groups (rows)": ", ".join(str(size) for size in grouping["largest_groups"]) or "none",
+        "group by answer": grouping["group_by_answer"],
+        "near-duplicate threshold": grouping["near_duplicate_threshold"],
+    }
     return {
-        "groups_formed": grouping["groups"],
-        "grouping": markdown_table(joined, ["joined_by", "pairs", "rows"]),
-        "largest_groups": dg.MetadataValue.json(grouping["largest_groups"]),
-        "group_by_answer": grouping["group_by_answer"],
-        "rows_assigned_by_user": grouping["user_assigned_rows"],
+        "grouping": table(joined, {"joined_by": "string", "pairs": "int", "rows": "int"}),
+        "groups_formed": table(
+            [{"measure": k, "value": str(v)} for k, v in formed.items()], {"measure": "string", "value": "string"}
+        ),
     }
 
 
@@ -324,12 +473,13 @@ def splits(
     for name, asset in selected:
         ref = refs[asset]
         context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
-        metadata = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
+        recorded = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
+        figures, tables = _split_metadata(ref, report)
         yield dg.Output(
             ref,
             output_name=asset,
             data_version=dg.DataVersion(ref.version),
-            metadata={**metadata, **_split_metadata(ref), **_grouping_metadata(grouping)},
+            metadata=reading_order(figures, {**tables, **_grouping_metadata(grouping)}, recorded=recorded),
         )
 
 
@@ -345,7 +495,7 @@ def train_split_has_enough_examples(train_split: ArtifactRef) -> dg.AssetCheckRe
 
     rows = pq.read_metadata(train_split.file("members.parquet")).num_rows
     return dg.AssetCheckResult(
-        passed=rows >= MIN_TRAIN_EXAMPLES, metadata={"rows": rows, "minimum": MIN_TRAIN_EXAMPLES}
+        passed=rows >= MIN_TRAIN_EXAMPLES, metadata={"rows": rows, "minimum": str(MIN_TRAIN_EXAMPLES)}
     )
 
 
@@ -409,8 +559,8 @@ def _format_valid_check(asset: str) -> dg.AssetChecksDefinition:
             metadata={
                 "rows": report["read"],
                 "rejected": report["rejected"],
-                "rejects_by_reason": dg.MetadataValue.json(report["by_reason"]),
-                "fixes": dg.MetadataValue.json(report["fixes"]),
+                "rejects_by_reason": counts_table(report["by_reason"], "reason"),
+                "fixes": counts_table(report["fixes"], "fix"),
             },
         )
 

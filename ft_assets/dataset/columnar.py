@@ -300,8 +300,10 @@ def _inspect_contents(
     open_ended = answer & nonempty & ~_SENTENCE_END_BYTES[last]
     if open_ended.any():
         separator = (data == ord(" ")) | (data == ord("\t")) | (data == ord("\n"))
-        running = np.concatenate([[0], np.cumsum(separator, dtype=np.int32)])
-        count = running[ends] - running[starts]
+        # Contents lie end to end and empty ones hold no byte, so each non-empty content runs
+        # from its start to the next non-empty one's (a reduceat, not a cumsum over every byte).
+        count = np.zeros(len(flagged), dtype=np.int32)
+        count[nonempty] = np.add.reduceat(separator, starts[nonempty], dtype=np.int32)
         flagged |= open_ended & (count >= CUT_OFF_MIN_WORDS - 1)
     if markdown is not None:
         marks = np.flatnonzero((data == ord("*")) | (data == ord("_")) | (data == ord("`")) | (data == ord("#")))
@@ -319,8 +321,11 @@ def _inspect_contents(
 def _per_row_text(content: pa.Array, selected: np.ndarray, row_of: np.ndarray, n_rows: int) -> pa.Array:
     """Join the ``selected`` messages of each row with newlines (an empty string where none)."""
     counts = np.bincount(row_of[selected], minlength=n_rows)
+    chosen = content.filter(pa.array(selected))
+    if (counts == 1).all():  # one message a row (the usual case): nothing to join
+        return chosen
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), content.filter(pa.array(selected))), "\n")
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), chosen), "\n")
 
 
 def _trimmable(strings: pa.Array) -> np.ndarray:

@@ -12,8 +12,11 @@ lines. ``always`` groups every repeated answer, ``never`` none.
 
 Near-duplicate prompts are found with MinHash over the set of lower-cased words of the user
 turns (32 hash functions, 8 bits of each), banded for locality-sensitive hashing (8 bands of 4
-bins) and confirmed when the estimated Jaccard similarity reaches the threshold. The
-per-row features are computed in the scan workers; ``form_groups`` sees only fixed-size numbers.
+bins) and confirmed when the estimated Jaccard similarity reaches the threshold. A word is a
+run of characters other than whitespace once ASCII punctuation counts as whitespace. The
+per-row features are computed in the scan workers; ``form_groups`` sees only fixed-size numbers,
+all on whole arrays (sorting, banding and union-find included): no loop runs per row or pair.
+``ft_assets_tests/test_fuzz.py`` checks it against a plain row-by-row version of each definition.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
 NEAR_DUPLICATE_REACH = 2
-PAIR_SLICE = 1 << 20  # candidate pairs verified at once
+PAIR_SLICE = 1 << 20  # rows (or pairs, in ``similar``) compared at once
+LONG_PROMPT_WORDS = 256  # prompts with more words are reduced one by one
 EMPTY_BIN = np.uint8(0xFF)
 _HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 FREE_TEXT_ANSWER_WORDS = 4
@@ -42,7 +46,11 @@ GROUP_BY_ANSWER = ("auto", "always", "never")
 # Every line a short "Key: value" pair: a structured label, e.g. "Category: Travel\nVendor: Acme".
 _STRUCTURED = r"^(?:[^:\n]{1,40}:[ \t]*[^\n]{0,60}(?:\n|$))+$"
 _PUNCTUATION = bytes(range(0x21, 0x30)) + bytes(range(0x3A, 0x41)) + bytes(range(0x5B, 0x61)) + bytes(range(0x7B, 0x7F))
-_TO_SPACE = bytes.maketrans(_PUNCTUATION + b"\t\n\r", b" " * (len(_PUNCTUATION) + 3))
+# Punctuation and line breaks become spaces, ASCII capitals small letters (one pass over the bytes).
+_TO_WORDS = bytes.maketrans(
+    _PUNCTUATION + b"\t\n\rABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    b" " * (len(_PUNCTUATION) + 3) + b"abcdefghijklmnopqrstuvwxyz",
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,8 @@ def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     over the words (b-bit minwise hashing: the minimum is taken before the bits are cut, so long
     prompts do not all collapse to 0), and the share of equal bins between two rows estimates the
     Jaccard similarity of their word sets; a row without words is ``EMPTY_BIN`` throughout.
-    Each distinct word of the chunk is hashed once; rows gather their words' values.
+    Each distinct word of the chunk is hashed once (xxh3, then SplitMix64 of it XOR the
+    function's seed, top 16 bits); rows gather their words' values.
     """
     n = len(prompts)
     signature = np.full((n, SIGNATURE_BINS), EMPTY_BIN, dtype=np.uint8)
@@ -116,8 +125,7 @@ def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     ascii_only = not len(data) or data.max() < 0x80
     lowered = prompts if ascii_only else pc.utf8_lower(prompts)
     low_data, offsets = string_buffers(lowered)
-    text = low_data.tobytes().translate(_TO_SPACE)
-    text = text.translate(bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz"))
+    text = low_data.tobytes().translate(_TO_WORDS)
     spaced = pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(text))
     words = pc.ascii_split_whitespace(spaced) if ascii_only else pc.utf8_split_whitespace(spaced)
     counts = pc.list_value_length(words).fill_null(0).to_numpy(zero_copy_only=False)
@@ -128,14 +136,45 @@ def prompt_signatures(prompts: pa.Array) -> np.ndarray:
     vocabulary = encoded.dictionary.cast(pa.binary()).to_pylist()
     word_hash = np.fromiter(map(xxhash.xxh3_64_intdigest, vocabulary), np.uint64, len(vocabulary))
     per_function = (mix64(word_hash[:, None] ^ _HASH_SEEDS[None, :]) >> np.uint64(48)).astype(np.uint16)
-    values = per_function[encoded.indices.to_numpy()]
+    if b"" in vocabulary:  # Arrow's split yields "" at a leading or trailing space: no word, no effect on a minimum
+        per_function[vocabulary.index(b"")] = 0xFFFF
+    minimum = _word_minimum(per_function, encoded.indices.to_numpy(), counts)
     has_words = counts > 0
-    starts = (np.cumsum(counts) - counts)[has_words]
-    signature[has_words] = (np.minimum.reduceat(values, starts, axis=0) & 0xFF).astype(np.uint8)
+    signature[has_words] = (minimum[has_words] & 0xFF).astype(np.uint8)
     return signature
 
 
+def _word_minimum(per_function: np.ndarray, word_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return, per row, the element-wise minimum of ``per_function`` over its words (0xFFFF where none).
+
+    ``word_ids`` lists the rows' words one row after the other, ``counts`` how many each has.
+    Rows are ranked by word count so that the rows with a ``p``-th word are a prefix: the ``p``-th
+    words of all rows are folded in with one vectorized step. Rows of more than
+    ``LONG_PROMPT_WORDS`` words are reduced on their own (``reduceat``, efficient on long runs).
+    """
+    n = len(counts)
+    starts = np.cumsum(counts) - counts
+    order = np.argsort(-counts, kind="stable")
+    ranked, first = counts[order], starts[order]
+    minimum = np.full((n, per_function.shape[1]), 0xFFFF, dtype=np.uint16)
+    long_rows = int(np.count_nonzero(ranked > LONG_PROMPT_WORDS))
+    if long_rows:
+        lengths = ranked[:long_rows].astype(np.int64)
+        segments = np.cumsum(lengths) - lengths
+        positions = np.arange(int(lengths.sum())) + np.repeat(first[:long_rows] - segments, lengths)
+        minimum[:long_rows] = np.minimum.reduceat(per_function[word_ids[positions]], segments, axis=0)
+    # rows_with[p]: how many ranked rows have more than p words
+    rows_with = n - np.searchsorted(ranked[::-1], np.arange(LONG_PROMPT_WORDS), side="right")
+    for position in range(min(int(ranked[long_rows]) if long_rows < n else 0, LONG_PROMPT_WORDS)):
+        rows = slice(long_rows, int(rows_with[position]))
+        np.minimum(minimum[rows], per_function[word_ids[first[rows] + position]], out=minimum[rows])
+    out = np.empty_like(minimum)
+    out[order] = minimum
+    return out
+
+
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_ONE_PER_BYTE = np.uint64(0x0101010101010101)
 
 
 def signature_columns(signature: np.ndarray) -> list[np.ndarray]:
@@ -148,7 +187,7 @@ def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, th
     """Return, for each pair of rows, whether their estimated Jaccard similarity reaches ``threshold``.
 
     The estimate is the share of equal bins; bytes are compared eight at a time (``_zero_bytes``
-    of ``a ^ b``).
+    of ``a ^ b``). The check ``near_duplicate_pairs`` makes on neighbours, for arbitrary pairs.
     """
     same = np.zeros(len(first), dtype=np.uint8)
     for column in columns:  # one column at a time, copied contiguous for fast gathers, then dropped
@@ -166,42 +205,107 @@ def _zero_bytes(words: np.ndarray) -> np.ndarray:
 
 def band_key(signature: np.ndarray, band: int) -> np.ndarray:
     """Return the 32-bit key of one band of each signature; a row without words gets none (0)."""
-    keys = np.ascontiguousarray(np.ascontiguousarray(signature).view(np.uint32)[:, band])
+    keys = np.ascontiguousarray(signature).view(np.uint32)[:, band].copy()  # a copy even where the view is contiguous
     keys[keys == np.uint32(0xFFFFFFFF)] = 0
     return keys
 
 
-def _pairs(keys: np.ndarray, nodes: np.ndarray, reach: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Return pairs of nodes that share a non-zero key and lie at most ``reach`` apart in key order.
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """Return the indices that sort unsigned integer ``keys``, equal keys in index order.
 
-    With ``reach`` 1 the pairs chain every node of a key together (enough for exact keys); more
-    reach lets a near-duplicate check see past dissimilar rows that share a band.
+    The same order as ``np.argsort(keys, kind="stable")``, computed as a least-significant-first
+    radix sort of 16-bit digits: NumPy sorts 16-bit integers stably in linear time, 32- and 64-bit
+    ones with a comparison sort several times slower.
     """
+    order = np.argsort((keys & np.uint16(0xFFFF)).astype(np.uint16), kind="stable")
+    for shift in range(16, 8 * keys.dtype.itemsize, 16):
+        digit = (keys[order] >> keys.dtype.type(shift)).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+    return order
+
+
+def _pairs(keys: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return pairs of nodes that share a non-zero key: neighbours in key order, chaining every node of a key."""
     keep = keys != 0
     keys, nodes = keys[keep], nodes[keep]
-    order = np.argsort(keys, kind="stable")
+    order = stable_order(keys)
     keys, nodes = keys[order], nodes[order]
-    firsts, seconds = [], []
-    for step in range(1, reach + 1):
-        same = keys[step:] == keys[:-step]
-        firsts.append(nodes[:-step][same])
-        seconds.append(nodes[step:][same])
-    return np.concatenate(firsts), np.concatenate(seconds)
+    same = keys[1:] == keys[:-1]
+    return nodes[:-1][same], nodes[1:][same]
+
+
+def _equal_bins(signature: np.ndarray, step: int) -> np.ndarray:
+    """Return, for each row of a (rows x bins) uint8 block, how many of its bins equal the row ``step`` below's."""
+    equal = np.equal(signature[step:], signature[:-step]).view(np.uint64)  # eight 0/1 bytes per word
+    total = np.add(equal[:, 0], equal[:, 1])
+    for word in range(2, equal.shape[1]):
+        np.add(total, equal[:, word], out=total)
+    total *= _ONE_PER_BYTE  # the top byte of the product sums the eight bytes
+    return (total >> np.uint64(56)).astype(np.uint8)
 
 
 def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return pairs of rows whose prompts are near duplicates (sharing a band, then confirmed)."""
+    """Return pairs of rows whose prompts are near duplicates (sharing a band, then confirmed).
+
+    For each band in turn, rows with a band key (not 0) are put in (key, row) order; a row and
+    each of the next ``NEAR_DUPLICATE_REACH`` rows in that order form a pair when they share the
+    key and at least ``threshold`` of their bins are equal. Pairs come band by band, nearest
+    first. Rows are gathered in band order a slice at a time and neighbours compared by shifting.
+    """
     if threshold <= 0 or not len(signature):
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    columns = signature_columns(signature)
-    nodes = np.arange(len(signature), dtype=np.int32)
+    signature = np.ascontiguousarray(signature)
+    needed = threshold * SIGNATURE_BINS - 1e-9
     firsts, seconds = [], []
     for band in range(BANDS):
-        first, second = _pairs(band_key(signature, band), nodes, NEAR_DUPLICATE_REACH)
-        confirmed = similar(columns, first, second, threshold)
-        firsts.append(first[confirmed])
-        seconds.append(second[confirmed])
+        keys = band_key(signature, band)
+        rows = np.flatnonzero(keys).astype(np.int32)
+        rows = rows[stable_order(keys[rows])]
+        keys = keys[rows]
+        reach = min(NEAR_DUPLICATE_REACH, len(rows) - 1)
+        equal = [np.zeros(len(rows) - step, dtype=np.uint8) for step in range(1, reach + 1)]
+        for start in range(0, len(rows), PAIR_SLICE):  # bounded temporaries however many rows
+            block = np.take(signature, rows[start : start + PAIR_SLICE + reach], axis=0)
+            for step in range(1, reach + 1):
+                equal[step - 1][start : start + PAIR_SLICE] = _equal_bins(block, step)[:PAIR_SLICE]
+            del block
+        for step in range(1, reach + 1):
+            hit = np.flatnonzero((keys[step:] == keys[:-step]) & (equal[step - 1] >= needed))
+            firsts.append(rows[hit])
+            seconds.append(rows[hit + step])
+    if not firsts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
     return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> tuple[int, np.ndarray]:
+    """Return the connected components of ``n`` nodes joined by edges ``first[i]``-``second[i]``.
+
+    Returns their number and each node's component, numbered in order of the component's
+    smallest node (the numbering ``scipy.sparse.csgraph.connected_components`` gives).
+
+    Union-find on whole arrays: each round hooks the larger root of every edge whose ends have
+    different roots under the smaller one, then points every node at its root (pointer jumping).
+    A parent is never larger than its node, so each component's root is its smallest node.
+    """
+    index = np.int32 if n < 2**31 else np.int64
+    parent = np.arange(n, dtype=index)
+    first, second = np.asarray(first, dtype=index), np.asarray(second, dtype=index)
+    while len(first):
+        root_a, root_b = parent[first], parent[second]
+        apart = root_a != root_b
+        first, second, root_a, root_b = first[apart], second[apart], root_a[apart], root_b[apart]
+        if not len(first):
+            break
+        np.minimum.at(parent, np.maximum(root_a, root_b), np.minimum(root_a, root_b))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    is_root = parent == np.arange(n, dtype=index)
+    number = np.cumsum(is_root, dtype=index) - 1
+    return int(np.count_nonzero(is_root)), number[parent]
 
 
 def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np.ndarray, dict[str, Any]]:
@@ -213,9 +317,6 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
     The columns it reads are removed from ``columns`` once used (``group_hash`` stays), so memory stays low
     at millions of rows.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(columns["group_hash"])
     nodes = np.arange(n, dtype=np.int32)
     norm_hash, id_hash = columns.pop("norm_hash"), columns.pop("id_hash")
@@ -243,11 +344,12 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
     edges["near_duplicate_prompt"] = near_duplicate_pairs(columns.pop("signature"), config.near_duplicate_threshold)
     first = np.concatenate([e[0] for e in edges.values()])
     second = np.concatenate([e[1] for e in edges.values()])
-    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(n, n))
-    count, labels = connected_components(graph, directed=False) if n else (0, np.zeros(0, np.int32))
+    count, labels = connected_groups(n, first, second)
     grouped_by = {}
     for name, (a, b) in edges.items():
-        grouped_by[name] = {"pairs": len(a), "rows": len(np.unique(np.concatenate([a, b])))}
+        joined = np.zeros(n, dtype=bool)
+        joined[a] = joined[b] = True
+        grouped_by[name] = {"pairs": len(a), "rows": int(np.count_nonzero(joined))}
     report = {
         "groups": int(count),
         "group_by_answer": config.group_by_answer,

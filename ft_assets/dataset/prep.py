@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from ft_assets.compute_threads import available_cores
 from ft_assets.dataset.deduplicate import exact_duplicates, find_duplicates
 from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
@@ -275,7 +275,7 @@ def _run_phases(
             ChunkTask(n, index, str(path), start, end, scratch, config, files[index].split)
             for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
         ]
-        with _workers(workers or os.cpu_count() or 1, len(tasks), method) as run:
+        with _workers(workers or available_cores(), len(tasks), method) as run:
             scanned = _scan(files, tasks, run, config)
             paths, targets, sink = outputs(scanned)
             written = scanned.write(run, paths, targets)

@@ -1,10 +1,10 @@
 """Write stage: each chunk's surviving rows go to their place in the outputs, in parallel.
 
 Once duplicates and splits are known, the byte offset of every chunk's share of every output
-follows from the row sizes, so each worker writes its chunk at that offset: every run of
-consecutive surviving rows is copied in the kernel with ``copy_file_range`` where the system
-has it (Linux), and read and written in blocks elsewhere. Outputs are byte-identical however
-chunks are scheduled and whichever copy is used.
+follows from the row sizes, so each worker writes its chunk at that offset: it reads the
+chunk's kept rows once, gathers each output's rows into one buffer (input order) and writes
+that buffer with one seek and write per output. Only portable calls: outputs are
+byte-identical however chunks are scheduled and on every platform.
 """
 
 from __future__ import annotations
@@ -28,37 +28,12 @@ class WriteTask:
     offsets: tuple[int, ...]
 
 
-COPY_BLOCK = 1 << 20
-
-
 def read_at(handle: BinaryIO, length: int, offset: int) -> bytes:
     """Return ``length`` bytes of an unbuffered binary file from ``offset`` (``pread`` where there is one)."""
     if hasattr(os, "pread"):
         return os.pread(handle.fileno(), length, offset)
     handle.seek(offset)
     return handle.read(length)
-
-
-def _copy_range(source: BinaryIO, target: BinaryIO, count: int, source_offset: int, target_offset: int) -> None:
-    """Copy ``count`` bytes between open files at the given offsets."""
-    copied = 0
-    kernel_copy = getattr(os, "copy_file_range", None)
-    while copied < count:
-        if kernel_copy is not None:
-            try:
-                step = kernel_copy(
-                    source.fileno(), target.fileno(), count - copied, source_offset + copied, target_offset + copied
-                )
-            except OSError:  # not allowed here (seccomp, some FUSE/overlay file systems): copy in blocks
-                kernel_copy = None
-                continue
-        else:
-            block = read_at(source, min(COPY_BLOCK, count - copied), source_offset + copied)
-            target.seek(target_offset + copied)
-            step = target.write(block)
-        if step == 0:
-            raise OSError(f"copy stopped {count - copied} bytes short")
-        copied += step
 
 
 def kept_runs(keep: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,16 +46,26 @@ def kept_runs(keep: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def write_chunk(task: WriteTask) -> None:
-    """Write one chunk's surviving rows into every output at the planned offsets."""
-    with open(task.part, "rb", buffering=0) as source:
-        for keep, output, offset in zip(task.keep, task.outputs, task.offsets, strict=True):
-            if not keep.any():
-                continue
-            starts, lengths = kept_runs(keep, task.sizes)
-            targets = offset + np.cumsum(lengths) - lengths
-            with open(output, "r+b", buffering=0) as target:
-                for start, length, at in zip(starts.tolist(), lengths.tolist(), targets.tolist(), strict=True):
-                    _copy_range(source, target, length, start, at)
+    """Write one chunk's surviving rows into every output at the planned offsets.
+
+    The chunk's kept rows (about a chunk's bytes) are read once; each output gets its rows
+    gathered into one buffer and written with one seek and write, however scattered they are.
+    """
+    if not any(keep.any() for keep in task.keep):
+        return
+    with open(task.part, "rb") as source:
+        data = memoryview(source.read())
+    if len(data) < int(task.sizes.sum()):
+        raise OSError(f"{task.part} is {int(task.sizes.sum()) - len(data)} bytes short of its rows")
+    for keep, output, offset in zip(task.keep, task.outputs, task.offsets, strict=True):
+        if not keep.any():
+            continue
+        starts, lengths = kept_runs(keep, task.sizes)
+        ends = starts + lengths
+        rows = b"".join([data[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)])
+        with open(output, "r+b") as target:
+            target.seek(offset)
+            target.write(rows)
 
 
 def plan_writes(

@@ -12,15 +12,22 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.results import REPORTS, RESULTS, json_number, read_results, write_results
-from ft_assets.metadata import markdown_table, rounded
+from ft_assets.metadata import rounded, table
+from ft_assets.readable import finite, settings_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 EVALUATION_CODE = source_version(__name__, "evaluation_table")
 COMPARISONS = "comparisons.json"
 SKIPPED = "skipped_test_rows.json"
 ADAPTER = "lora_adapter"
-TABLE_COLUMNS = ["model", "model_version", "n", "main", "ci", "exact_match", "token_accuracy", "loss",
-                 "latency_p50_ms", "latency_p95_ms", "output_tokens_mean", "truncated_share"]  # fmt: skip
+FIRST_COLUMNS = {"model": "string", "main_score": "float", "ci_low": "float", "ci_high": "float", "n": "int"}
+OTHER_METRICS = 3  # task metrics shown beside the main one (per-field accuracies: their mean, one column)
+LOCAL_METRICS = {"token_accuracy": "float", "loss": "float"}
+LATENCY = "latency_p50_ms"
+PAIRED_COLUMNS = {"baseline": "string", "difference": "float", "ci_low": "float", "ci_high": "float",
+                  "p_value": "float", "significant": "bool"}  # fmt: skip
+WORST_COLUMNS = {"model": "string", "example_id": "string", "score": "float", "reference": "string",
+                 "prediction": "string"}  # fmt: skip
 
 
 class EvaluationConfig(dg.Config):
@@ -61,13 +68,34 @@ def _models(
     ]
 
 
-def _cell(row: dict[str, Any], column: str) -> Any:
-    if column == "main":
-        return f"{row['main_metric']} {row['main_score']:.3f}"
-    if column == "ci":
-        return f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-    value = row.get(column)
-    return round(value, 3) if isinstance(value, float) else value
+def evaluations_table(rows: list[dict[str, Any]], latency: bool = True) -> dg.TableMetadataValue:
+    """Return evaluation rows as a narrow typed table: one row per model, the main score and its interval first.
+
+    Then n, a few other metrics of the task (per-field accuracies as their mean), token accuracy and loss where
+    the rows have them, and (``latency``) the median latency rounded to a millisecond.
+    """
+    main = rows[0]["main_metric"] if rows else ""
+    named = dict.fromkeys(m for row in rows for m in row.get("metrics", {}))
+    others = [m for m in named if m != main and not m.startswith("field_accuracy:") and m not in LOCAL_METRICS]
+    columns = {**FIRST_COLUMNS, **{m: "float" for m in others[:OTHER_METRICS]}}
+    if any(row.get("field_accuracy") for row in rows):
+        columns["field_accuracy"] = "float"
+    columns |= {m: kind for m, kind in LOCAL_METRICS.items() if any(finite(row.get(m)) is not None for row in rows)}
+    if latency:
+        columns[LATENCY] = "int"
+    records = []
+    for row in rows:
+        fields = [v for v in (row.get("field_accuracy") or {}).values() if finite(v) is not None]
+        record = {**{m: finite(row.get("metrics", {}).get(m)) for m in others}, **{k: finite(row.get(k)) for k in row}}
+        record["field_accuracy"] = sum(fields) / len(fields) if fields else None
+        record[LATENCY] = round(row[LATENCY]) if finite(row.get(LATENCY)) is not None else None
+        records.append(record)
+    return table(records, columns)
+
+
+def model_scores(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Return one figure per model, ``score: <model>``: its main score, charted across versions in the Plots tab."""
+    return {f"score: {row['model']}": finite(rounded(row["main_score"])) for row in rows}
 
 
 @dg.asset(
@@ -115,33 +143,34 @@ def evaluation_table(
     lineage.record_predictions([{**row, **stamp} for row in predictions])
     recorded = lineage.record(context, ref, parents, config)
     adapter = next(row for row in rows if row["model"] == ADAPTER)
-    paired = [
-        {"baseline": name, **{k: rounded(v) for k, v in test.items()}} for name, test in comparisons["paired"].items()
-    ]
+    paired = [{"baseline": name, **test} for name, test in comparisons["paired"].items()]
+    settings = {
+        "task": adapter["task"],
+        "task_reason": comparisons["task_reason"],
+        "max_new_tokens": comparisons["max_new_tokens"],
+        "judge": comparisons["judge"],
+        "test_split_version": test_split.version,
+        "test_rows_skipped": skipped or "none",
+    }
+    timing = {LATENCY: "not measured in this run: the evaluation was reused (its first run's are in timings.json)"}
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
         metadata={
-            **recorded,
-            "reused": reused,
-            "test_split_version": test_split.version,
-            "task": adapter["task"],
-            "task_reason": comparisons["task_reason"],
             "main_metric": adapter["main_metric"],
-            "evaluations": markdown_table([{c: _cell(row, c) for c in TABLE_COLUMNS} for row in rows], TABLE_COLUMNS),
-            "adapter_main_score": adapter["main_score"],
-            "adapter_vs_baselines": markdown_table(
-                paired, ["baseline", "difference", "ci_low", "ci_high", "p_value", "significant"]
+            **model_scores(rows),
+            "reused": reused,
+            "evaluations": evaluations_table(rows, latency=not reused),
+            **(timing if reused else {}),
+            "adapter_vs_baselines": table(paired, PAIRED_COLUMNS),
+            "base_vs_adapter": table(
+                _side_by_side(predictions), dict.fromkeys(["example_id", "reference", "base (zero-shot)", ADAPTER],
+                                                          "string")
             ),
-            "worst_predictions": markdown_table(
-                _worst(predictions), ["model", "example_id", "score", "reference", "prediction"]
-            ),
-            "base_vs_adapter": markdown_table(
-                _side_by_side(predictions), ["example_id", "reference", "base (zero-shot)", ADAPTER]
-            ),
-            "max_new_tokens": comparisons["max_new_tokens"],
-            "judge": comparisons["judge"],
-            "test_rows_skipped": dg.MetadataValue.json(skipped),
+            "worst_predictions": table(_worst(predictions), WORST_COLUMNS),
+            "settings": settings_table(settings),
+            "adapter_main_score": finite(adapter["main_score"]),  # what `ft-assets run` prints
+            **recorded,
         },
     )  # fmt: skip
 
@@ -153,7 +182,7 @@ def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[s
     rows = []
     for model in dict.fromkeys(p["model"] for p in predictions):
         for p in worst_examples([p for p in predictions if p["model"] == model], per_model):
-            rows.append({"model": model, "example_id": p["example_id"], "score": rounded(p["main_score"]),
+            rows.append({"model": model, "example_id": p["example_id"], "score": finite(p["main_score"]),
                          "reference": one_line(p["reference"]), "prediction": one_line(p["prediction"])})  # fmt: skip
     return rows
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
-from ft_assets.metadata import chat_preview, counts_table, markdown_table
+from ft_assets.metadata import chat_preview, counts_table, reading_order, table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 SYNTHETIC_CODE = source_version(__name__, "synthetic_examples")
@@ -168,23 +168,57 @@ def synthetic_examples(
     reasons = Counter(row["reasons"][0] for row in rejected)
     spread = Counter(str(count) for count in variants.values())
     recorded = lineage.record(context, ref, [raw_examples, source_documents], config)
-    return dg.Output(
-        ref,
-        data_version=dg.DataVersion(ref.version),
-        metadata={
-            **recorded,
-            **summary,
-            "dagster/row_count": len(kept),
+    figures = {
+        "generated": len(kept),
+        "passes_validation": _passes_validation(kept),
+        "rejected": len(rejected),
+        "planned": len(planned),
+        "sources": len(variants),
+        "provider": provider,
+        "model": model,
+        "mode": config.mode,
+        "duplicate_sources_skipped": duplicates,
+        "source_files_without_entries": summary["source_files_without_entries"],
+        "dagster/row_count": len(kept),
+    }
+    if provider != "offline":  # the offline generator sends no request and costs nothing: no constant zeros
+        figures |= {
             "requests_sent": usage.get("requests_sent", 0),
             "cache_hits": usage.get("cache_hits", 0),
             "retries": usage.get("retries", 0),
             "prompt_tokens": usage.get("prompt_tokens", 0),
             "completion_tokens": usage.get("completion_tokens", 0),
-            "estimated_cost_usd": usage.get("cost_usd", 0.0),
-            "variants_per_source": counts_table(spread, "variants", "sources"),
-            "entries_per_source_file": markdown_table(sources, ["file", "entries", "problem"]),
-            "rejects_by_reason": counts_table(reasons, "reason"),
-            "rejected_rows": markdown_table(rejected[:20], ["id", "source_id", "reasons"]),
-            "preview": chat_preview(kept[:5]),
-        },
+            "estimated_cost_usd": round(float(usage.get("cost_usd", 0.0)), 4),
+        }
+    tables = {
+        "rejects_by_reason": counts_table(reasons, "reason"),
+        "rejected_rows": table(
+            [{**row, "reasons": ", ".join(row["reasons"]), "detail": row.get("error") or row.get("raw")}
+             for row in rejected[:20]],
+            {"id": "string", "source_id": "string", "reasons": "string", "detail": "string"},
+        ),
+        "variants_per_source": table(
+            [{"variants": int(k), "sources": v} for k, v in sorted(spread.items(), key=lambda kv: int(kv[0]))],
+            {"variants": "int", "sources": "int"},
+        ),
+        "entries_per_source_file": table(sources, {"file": "string", "entries": "int", "problem": "string"}),
+        "preview": chat_preview(kept[:5]),
+    }  # fmt: skip
+    return dg.Output(
+        ref, data_version=dg.DataVersion(ref.version), metadata=reading_order(figures, tables, recorded=recorded)
     )
+
+
+def _passes_validation(examples: list[dict[str, Any]]) -> int:
+    """Return how many examples cleaning's validation accepts, counting examples that repeat one another once.
+
+    cleaned_examples' ``from_synthetic`` says how many it kept (it also drops repeats of raw rows).
+    """
+    from ft_assets.dataset.validate import identify
+
+    keys = set()
+    for example in examples:
+        identity = identify(example)
+        if identity is not None:
+            keys.add(identity[1])
+    return len(keys)

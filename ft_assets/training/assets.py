@@ -18,7 +18,8 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.defaults import BASE_MODEL_ENV, BUILTIN_SOURCE
-from ft_assets.metadata import image, markdown_table
+from ft_assets.metadata import image, inline_curves, rounded, table
+from ft_assets.readable import settings_table, text
 from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "training"
@@ -127,21 +128,37 @@ def _output(
     config: dg.Config,
     lineage: LineageStore,
     reused: bool,
-    metadata: dict[str, Any],
+    metadata: tuple[dict[str, Any], dict[str, Any]],
     device: str | None,
 ) -> dg.Output[ArtifactRef]:
+    """Return the output with its metadata in reading order: figures, ``reused``, tables and pictures, lineage last."""
+    figures, details = metadata
     recorded = lineage.record(context, ref, parents, config, device=device)
-    return dg.Output(ref, data_version=dg.DataVersion(ref.version), metadata={**recorded, "reused": reused, **metadata})
+    return dg.Output(
+        ref,
+        data_version=dg.DataVersion(ref.version),
+        metadata={**figures, "reused": reused, **details, **recorded},
+    )
 
 
-def _base_metadata(ref: ArtifactRef) -> dict[str, Any]:
+def _points(history: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(h["step"], h[key]) for h in history if h.get(key) is not None]
+
+
+def _base_metadata(ref: ArtifactRef) -> tuple[dict[str, Any], dict[str, Any]]:
     summary = json.loads(ref.file("summary.json").read_text())
-    metadata: dict[str, Any] = {"summary": dg.MetadataValue.json(summary), "source": summary["source"]}
+    figures: dict[str, Any] = {"source": summary["source"]}
     if "parameters" in summary:
-        metadata["parameters"] = summary["parameters"]
+        figures["parameters"] = summary["parameters"]
+    settings = {k: v for k, v in summary.items() if k not in ("source", "parameters", "spec")}
+    details: dict[str, Any] = {"settings": settings_table({**summary.get("spec", {}), **settings})}
+    history = ref.file("pretraining_history.json")
+    points = _points(json.loads(history.read_text()), "loss") if history.exists() else []
+    if points:
+        details["pretraining_curve"] = inline_curves({"pretraining loss": points}, alt="pretraining loss curve")
     if ref.file("pretraining_loss.png").exists():
-        metadata["pretraining_loss_curve"] = image(ref.file("pretraining_loss.png"), "pretraining loss")
-    return metadata
+        details["pretraining_curve_png"] = image(ref.file("pretraining_loss.png"), "pretraining loss")
+    return figures, details
 
 
 @dg.asset(
@@ -204,30 +221,47 @@ def _settings(config: LoraAdapterConfig, base: ArtifactRef) -> Any:
 
 
 def model_card(base: ArtifactRef, train: ArtifactRef, validation: ArtifactRef, summary: dict[str, Any]) -> str:
-    """Return the adapter's model card: what it was trained from, and how."""
-    settings = summary["settings"]
-    rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(settings.items()) if name != "extra")
+    """Return the adapter's model card (Markdown): what it was trained from, how, and how to load it."""
+    settings = {k: v for k, v in summary["settings"].items() if k != "extra" or v}
+    rows = "\n".join(f"| {name} | {text(value)} |" for name, value in sorted(settings.items()))
     data_note = _data_note(summary.get("data", {}).get("train", {}))
     if summary.get("initialized_from"):
         data_note += f"Continued from the champion's adapter lora_adapter@{summary['initialized_from']}.\n\n"
+    eval_loss = summary.get("final_eval_loss")
+    results = [
+        f"- final train loss: {text(rounded(summary['final_train_loss']))}",
+        *([f"- final eval loss: {text(rounded(eval_loss))}"] if eval_loss is not None else []),
+        f"- {summary['steps']} steps (epochs run: {text(summary.get('epochs_run'))}) on {summary['device']}, "
+        f"precision {summary['precision']}",
+        f"- {text(summary.get('trainable_parameters'))} trainable parameters",
+    ]
+    results_text = "\n".join(results)
     return f"""# LoRA adapter (ft-assets)
 
-Trained by the `lora_adapter` asset of ft-assets with peft + trl (SFT, loss on assistant turns, weight-0 ones excepted).
+Trained by the `lora_adapter` asset of ft-assets with peft and trl (supervised fine-tuning; the loss counts the
+assistant turns, except those of weight 0).
 
-| made from | version |
-|---|---|
-| base_model | {base.version} |
-| train_split | {train.version} ({summary["train_examples"]} examples) |
-| validation_split | {validation.version} ({summary["validation_examples"]} examples) |
+## Made from
 
-{data_note}Device {summary["device"]}, precision {summary["precision"]}; {summary["steps"]} steps; final train loss
-{summary["final_train_loss"]}, final eval loss {summary["final_eval_loss"]}; {summary["tokens_per_second"]} tokens/s.
+| input | version | examples |
+|---|---|---|
+| base_model | {base.version} | |
+| train_split | {train.version} | {summary["train_examples"]} |
+| validation_split | {validation.version} | {summary["validation_examples"]} |
 
-| hyperparameter | value |
+{data_note}## Results
+
+{results_text}
+
+## Hyperparameters
+
+| setting | value |
 |---|---|
 {rows}
 
-Load it with `PeftModel.from_pretrained(base, "<this folder>")` on top of the base model folder above.
+## Use
+
+Load it on top of the base model folder named above: `PeftModel.from_pretrained(base, "<this folder>")`.
 """
 
 
@@ -243,28 +277,51 @@ def _data_note(train: dict[str, Any]) -> str:
     )
 
 
-def _lora_metadata(ref: ArtifactRef) -> dict[str, Any]:
+TRAINING_ROW_COLUMNS = {"split": "string", "rows": "int", "trained_examples": "int",
+                        "preference_rows_as_chat": "int", "rows_without_trained_turn": "int",
+                        "weight_zero_turns": "int", "refused_rows": "int"}  # fmt: skip
+LOSS_COLUMNS = {"step": "int", "epoch": "float", "loss": "float", "eval_loss": "float", "learning_rate": "float"}
+RUN_FACTS = ("initialized_from", "device", "steps", "epochs_run", "train_examples", "validation_examples",
+             "total_parameters")  # fmt: skip
+
+
+def _lora_metadata(ref: ArtifactRef, reused: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return lora_adapter's figures (losses; speed only when it trained in this run) and its tables and pictures.
+
+    A reused adapter did not train here: its timings are told as text, not as figures the Plots tab would chart.
+    """
     summary = json.loads(ref.file("training_summary.json").read_text())
     history = json.loads(ref.file("training_history.json").read_text())
-    table = [
-        {"step": h["step"], "epoch": h["epoch"], "loss": h.get("loss", ""), "eval_loss": h.get("eval_loss", ""),
-         "learning_rate": h.get("learning_rate", "")}
-        for h in history
-    ]  # fmt: skip
-    return {
-        "tokens_per_second": summary["tokens_per_second"],
-        "train_seconds": summary["train_seconds"],
-        "final_train_loss": summary["final_train_loss"],
-        "final_eval_loss": summary["final_eval_loss"],
-        "trainable_parameters": summary["trainable_parameters"],
-        "device": summary["device"],
-        "precision": summary["precision"],
-        "hyperparameters": dg.MetadataValue.json(summary["settings"]),
-        "training_rows": dg.MetadataValue.json(summary.get("data", {})),
-        "loss_table": markdown_table(table, ["step", "epoch", "loss", "eval_loss", "learning_rate"]),
-        "loss_curve": image(ref.file("loss_curve.png"), "training loss"),
+    figures: dict[str, Any] = {
+        "final_train_loss": rounded(summary["final_train_loss"]),
+        "final_eval_loss": rounded(summary["final_eval_loss"]),
+        "loss_curve": inline_curves(  # next to the losses, so the first screen shows it
+            {"train loss": _points(history, "loss"), "eval loss": _points(history, "eval_loss")}, alt="loss curve"
+        ),
+    }
+    if not reused:
+        figures["tokens_per_second"] = summary["tokens_per_second"]
+        figures["train_seconds"] = summary["train_seconds"]
+    figures["trainable_parameters"] = summary["trainable_parameters"]
+    details: dict[str, Any] = {}
+    if reused:
+        details["trained"] = (
+            f"not in this run: reused; it trained in {summary['train_seconds']:.1f} s at "
+            f"{summary['tokens_per_second']:,.0f} tokens/s when first made"
+        )
+    settings = {k: v for k, v in summary["settings"].items() if k != "extra" or v}
+    if settings.get("precision") not in (None, summary["precision"]):  # "auto (fp32)": asked for, then used
+        settings["precision"] = f"{settings['precision']} ({summary['precision']})"
+    facts = {k: summary[k] for k in RUN_FACTS if summary.get(k) is not None}
+    data = summary.get("data", {})
+    details |= {
+        "hyperparameters": settings_table({**settings, **facts}),
+        "training_rows": table([{"split": split, **counts} for split, counts in data.items()], TRAINING_ROW_COLUMNS),
+        "loss_table": table([h for h in history if "loss" in h or "eval_loss" in h], LOSS_COLUMNS),
+        "loss_curve_png": image(ref.file("loss_curve.png"), "training loss curve"),
         "model_card": dg.MetadataValue.md(ref.file("README.md").read_text()),
     }
+    return figures, details
 
 
 @dg.asset(
@@ -300,9 +357,10 @@ def lora_adapter(
             start,
         )  # fmt: skip
         artifacts.remember("lora_adapter", key, ref)
-    metadata = _lora_metadata(ref)
+    metadata = _lora_metadata(ref, reused)
+    device = json.loads(ref.file("training_summary.json").read_text())["device"]
     parents = [base_model, train_split, validation_split, *([start] if start else [])]
-    return _output(context, ref, parents, config, lineage, reused, metadata, metadata["device"])
+    return _output(context, ref, parents, config, lineage, reused, metadata, device)
 
 
 def _champion_adapter(lineage: LineageStore, base: ArtifactRef) -> ArtifactRef:
@@ -416,7 +474,8 @@ def merged_model(
             ref = artifacts.publish(staging, "merged_model")
         artifacts.remember("merged_model", key, ref)
     summary = json.loads(ref.file("merge_summary.json").read_text())
-    return _output(context, ref, [base_model, lora_adapter], {}, lineage, reused, summary, CPU)  # merged on the CPU
+    figures = {"parameters": summary["parameters"], "dtype": summary["dtype"].removeprefix("torch.")}
+    return _output(context, ref, [base_model, lora_adapter], {}, lineage, reused, (figures, {}), CPU)  # on the CPU
 
 
 @dg.asset_check(
