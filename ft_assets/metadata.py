@@ -9,29 +9,12 @@ pictures, then where the artifact lies and the lineage record, last.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-
-PREVIEW_CHARS = 120
-
-
-def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("|", "\\|").replace("\n", " ⏎ ")
-    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> dg.MetadataValue:
-    """Return rows as a Markdown table (first row's keys as columns unless given)."""
-    if not rows:
-        return dg.MetadataValue.md("_(none)_")
-    columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def counts_table(counts: Mapping[str, int], key: str, value: str = "rows") -> dg.TableMetadataValue:
@@ -84,8 +67,12 @@ SVG_SAFE = "=',/:"
 INLINE_MARKDOWN_CHARS = 1000  # Dagster's UI shows shorter Markdown inline, longer behind "[Show Markdown]"
 
 
-def _typed(value: Any, kind: str) -> Any:
-    if value is None or value == "":
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _typed(value: Any, kind: str, max_text: int | None) -> Any:
+    if value is None or value == "" or not _finite(value):  # NaN in a record would make the UI drop the row
         return None
     if kind == "float":
         return float(f"{float(value):.4g}")
@@ -95,24 +82,33 @@ def _typed(value: Any, kind: str) -> Any:
         return bool(value)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = text.replace("\n", " ⏎ ")
-    return text if len(text) <= TABLE_TEXT_CHARS else text[: TABLE_TEXT_CHARS - 1] + "…"
+    return text if max_text is None or len(text) <= max_text else text[: max_text - 1] + "…"
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], max_text: int | None = TABLE_TEXT_CHARS
+) -> dg.TableMetadataValue:
     """Return rows as a typed table (``columns``: name → string | int | float | bool); floats to 4 significant digits.
 
-    The UI shows a table inline, with its schema one click away.
+    Text longer than ``max_text`` is cut (None: never); NaN and infinities become empty cells. The UI
+    shows a table inline, with its schema one click away.
     """
     unknown = {kind for kind in columns.values() if kind not in COLUMN_TYPES}
     if unknown:
         raise ValueError(f"column types {sorted(unknown)} are not among {COLUMN_TYPES}")
     schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()])
-    records = [dg.TableRecord({name: _typed(row.get(name), kind) for name, kind in columns.items()}) for row in rows]
+    records = [
+        dg.TableRecord({name: _typed(row.get(name), kind, max_text) for name, kind in columns.items()}) for row in rows
+    ]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def sparkline(values: Sequence[float], width: int = 24) -> str:
-    """Return a one-line picture of a series (``▁`` lowest … ``█`` highest), at most ``width`` characters."""
+    """Return a one-line picture of a series (``▁`` lowest … ``█`` highest), at most ``width`` characters.
+
+    Values that are not finite (a NaN loss) are left out.
+    """
+    values = [v for v in values if _finite(v)]
     if not values:
         return ""
     step = max(1, -(-len(values) // width))
@@ -132,6 +128,7 @@ def inline_curves(series: Mapping[str, Sequence[tuple[float, float]]], alt: str)
     """
     from urllib.parse import quote
 
+    series = {name: [(x, y) for x, y in points if _finite(y)] for name, points in series.items()}  # NaN losses out
     lines = []
     for name, points in series.items():
         ys = [y for _, y in points]

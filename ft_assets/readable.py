@@ -35,7 +35,7 @@ def text(value: Any) -> str:
 
 def settings_table(settings: Mapping[str, Any]) -> dg.TableMetadataValue:
     """Return settings as a typed two-column table (``setting``, ``value``), every value as text."""
-    return table([{"setting": str(k), "value": text(v)} for k, v in settings.items()], SETTING_COLUMNS)
+    return table([{"setting": str(k), "value": text(v)} for k, v in settings.items()], SETTING_COLUMNS, max_text=None)
 
 
 def finite(value: Any) -> Any:

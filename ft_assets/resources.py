@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +96,7 @@ class LineageStore(dg.ConfigurableResource):
         from ft_assets.upstream import artifact_metadata
 
         target = f"{ref.asset}@{ref.version}"
-        db = "" if self.path == DEFAULT_LINEAGE_DB else f" --db {self.path}"
+        db = "" if self.path == DEFAULT_LINEAGE_DB else f" --db {shlex.quote(self.path)}"
         return {
             "data_version": ref.version,
             "path": dg.MetadataValue.path(ref.path),

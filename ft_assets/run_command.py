@@ -76,7 +76,7 @@ def _asset_figure(asset: str, meta: dict[str, Any]) -> str:
         "lora_adapter": lambda: (
             f"train loss {_number(meta['final_train_loss'])}, eval loss {_number(meta['final_eval_loss'])}"
         ),
-        "evaluation_table": lambda: f"lora_adapter {meta['main_metric']} {_number(meta['adapter_main_score'])}",
+        "evaluation_table": lambda: f"lora_adapter {meta['main_metric']} {_number(meta['score: lora_adapter'])}",
         "champion_model": lambda: f"{meta['decision']}; champion: {meta['champion']}",
     }
     try:

@@ -35,8 +35,18 @@ def find_chromium() -> str | None:
     """Return the Chrome/Chromium binary to drive: ``FT_ASSETS_CHROMIUM`` or the first one on PATH."""
     named = os.environ.get(CHROMIUM_ENV)
     if named:
-        return shutil.which(named) or (named if Path(named).is_file() else None)
-    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+        found = shutil.which(named) or (named if Path(named).is_file() else None)
+    else:
+        found = next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+    return found if found and _runs(found) else None
+
+
+def _runs(binary: str) -> bool:
+    """Return whether ``binary --version`` answers (a snap stub or a broken install does not)."""
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def fresh_project(folder: Path) -> Path:

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from ft_assets import automation
 from ft_assets.automation import (
     AZURE,
     BASE_MODEL_SOURCE,
@@ -318,7 +319,7 @@ def _sentences(lines: list[str]) -> None:
         assert line.endswith("."), line
 
 
-def test_watch_ticks_say_what_they_saw_and_what_happens_next(project: Path) -> None:
+def test_watch_ticks_say_what_they_saw_and_what_happens_next(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ft_assets.automation import watch_sources_sensor
 
     defs = _defs(RetrainPolicy())
@@ -347,6 +348,7 @@ def test_watch_ticks_say_what_they_saw_and_what_happens_next(project: Path) -> N
         ]
 
         write_jsonl(project / "data" / "raw" / "now.jsonl", [chat("written now", "Category: Meals")])
+        monkeypatch.setattr(automation, "SETTLE_S", 600.0)  # "recently" however slow this machine is
         result, lines = _tick(instance, sensor, defs)
         assert result.skip_reason.skip_message.startswith("unchanged: raw_data (still being written)")
         assert lines[0].startswith("raw_data is still being written (a file changed ")

@@ -84,7 +84,7 @@ def launch_main_job(page: Page, server: Webserver, home: Path) -> str:
         skip.click(timeout=15_000)
     editor = page.locator(".CodeMirror").first  # the run config editor (CodeMirror)
     editor.click()
-    page.keyboard.press("Control+A")
+    page.keyboard.press("ControlOrMeta+A")
     page.keyboard.insert_text(yaml.safe_dump(TINY_CONFIG, sort_keys=False))
     expect(page.get_by_text("No errors")).to_be_visible()
     screenshot(page, "01_launchpad_main_tiny_config")
@@ -124,6 +124,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
         browser = playwright.chromium.launch(executable_path=chromium)
         context = browser.new_context(viewport=VIEWPORT)
         context.set_default_timeout(30_000)
+        expect.set_options(timeout=30_000)  # assertions too: 2 busy cores render slowly
         page = context.new_page()
         try:
             run_id = launch_main_job(page, server, project)

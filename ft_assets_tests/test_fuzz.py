@@ -139,7 +139,7 @@ VOCABULARY = [
     *("what", "is", "the", "a", "BGP", "route", "Routing", "protocol", "explain", "define", "means"),
     *("Grüße", "ÉTÉ", "straße", "Ωmega", "naïve", "😀", "x-ray", "it's", "2024", "v1.2", "e=mc2"),
 ]
-SEPARATORS = [" ", " ", " ", "  ", "\t", "\n", ", ", "? ", ". ", "\u00a0", "\u2003", " (", ") "]
+SEPARATORS = [" ", " ", " ", "  ", "\t", "\n", ", ", "? ", ". ", "\u00a0", "\u2003", " (", ") ", "\x1c", "\x1f", "\x0b"]
 
 
 def _splitmix(value: int) -> int:

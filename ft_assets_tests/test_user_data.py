@@ -254,17 +254,3 @@ def test_code_keeps_its_characters_while_its_fences_go(tmp_path):
     first = read_jsonl(tmp_path / "out" / "cleaned.jsonl")[0]["messages"]
     assert first[1]["content"] == "Show __init__ in Python"
     assert first[2]["content"] == "# add one\ndef __init__(self):\n    return 2**3"
-
-
-def test_near_duplicate_verification_counts_equal_bins_in_slices(monkeypatch):
-    import numpy as np
-
-    from ft_assets.dataset import group
-
-    rng = np.random.default_rng(1)
-    signature = rng.integers(0, 4, (500, group.SIGNATURE_BINS), dtype=np.uint8)
-    first, second = rng.integers(0, 500, 3000), rng.integers(0, 500, 3000)
-    monkeypatch.setattr(group, "PAIR_SLICE", 257)
-    for threshold in (0.3, 0.5, 0.8):
-        expected = (signature[first] == signature[second]).mean(axis=1) >= threshold
-        assert (group.similar(group.signature_columns(signature), first, second, threshold) == expected).all()

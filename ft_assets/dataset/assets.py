@@ -12,6 +12,7 @@ from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.defaults import RAW_FOLDER, RAW_PATTERN
 from ft_assets.metadata import chat_preview, counts_table, excerpt, head_jsonl, reading_order, table
+from ft_assets.readable import settings_table
 from ft_assets.resources import ArtifactStore, LineageStore
 
 GROUP = "data"
@@ -242,13 +243,7 @@ def cleaned_examples(
                 "rows_per_format": counts_table(report["formats"], "format"),
                 "tokens_per_example": table([report["tokens"]], TOKEN_COLUMNS),
                 "preview": chat_preview(preview),
-                "settings": table(
-                    [
-                        {"setting": k, "value": str(v).lower() if isinstance(v, bool) else str(v)}
-                        for k, v in config.model_dump().items()
-                    ],
-                    {"setting": "string", "value": "string"},
-                ),
+                "settings": settings_table(config.model_dump()),
             },
             recorded=recorded,
         ),

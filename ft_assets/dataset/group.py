@@ -37,7 +37,7 @@ SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
 NEAR_DUPLICATE_REACH = 2
-PAIR_SLICE = 1 << 20  # rows (or pairs, in ``similar``) compared at once
+PAIR_SLICE = 1 << 20  # rows compared at once in near_duplicate_pairs
 LONG_PROMPT_WORDS = 256  # prompts with more words are reduced one by one
 EMPTY_BIN = np.uint8(0xFF)
 _HASH_SEEDS = np.arange(1, SIGNATURE_BINS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
@@ -46,10 +46,12 @@ GROUP_BY_ANSWER = ("auto", "always", "never")
 # Every line a short "Key: value" pair: a structured label, e.g. "Category: Travel\nVendor: Acme".
 _STRUCTURED = r"^(?:[^:\n]{1,40}:[ \t]*[^\n]{0,60}(?:\n|$))+$"
 _PUNCTUATION = bytes(range(0x21, 0x30)) + bytes(range(0x3A, 0x41)) + bytes(range(0x5B, 0x61)) + bytes(range(0x7B, 0x7F))
-# Punctuation and line breaks become spaces, ASCII capitals small letters (one pass over the bytes).
+# Punctuation and ASCII whitespace (with the separators \x1c-\x1f that Unicode splitting counts as
+# whitespace and ASCII splitting does not) become spaces, ASCII capitals small letters (one pass).
+_SPACES = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 _TO_WORDS = bytes.maketrans(
-    _PUNCTUATION + b"\t\n\rABCDEFGHIJKLMNOPQRSTUVWXYZ",
-    b" " * (len(_PUNCTUATION) + 3) + b"abcdefghijklmnopqrstuvwxyz",
+    _PUNCTUATION + _SPACES + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    b" " * (len(_PUNCTUATION) + len(_SPACES)) + b"abcdefghijklmnopqrstuvwxyz",
 )
 
 
@@ -173,34 +175,7 @@ def _word_minimum(per_function: np.ndarray, word_ids: np.ndarray, counts: np.nda
     return out
 
 
-_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _ONE_PER_BYTE = np.uint64(0x0101010101010101)
-
-
-def signature_columns(signature: np.ndarray) -> list[np.ndarray]:
-    """Return the signatures as columns of 8 bytes each (views, no copy: what ``similar`` reads)."""
-    words = np.ascontiguousarray(signature).view(np.uint64)
-    return [words[:, column] for column in range(words.shape[1])]
-
-
-def similar(columns: list[np.ndarray], first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
-    """Return, for each pair of rows, whether their estimated Jaccard similarity reaches ``threshold``.
-
-    The estimate is the share of equal bins; bytes are compared eight at a time (``_zero_bytes``
-    of ``a ^ b``). The check ``near_duplicate_pairs`` makes on neighbours, for arbitrary pairs.
-    """
-    same = np.zeros(len(first), dtype=np.uint8)
-    for column in columns:  # one column at a time, copied contiguous for fast gathers, then dropped
-        values = np.ascontiguousarray(column)
-        for start in range(0, len(first), PAIR_SLICE):  # bounded temporaries however many pairs
-            pairs = slice(start, start + PAIR_SLICE)
-            same[pairs] += _zero_bytes(values[first[pairs]] ^ values[second[pairs]])
-    return same >= threshold * SIGNATURE_BINS - 1e-9
-
-
-def _zero_bytes(words: np.ndarray) -> np.ndarray:
-    """Return how many of the 8 bytes of each 64-bit word are zero."""
-    return np.bitwise_count(~(((words & _LOW7) + _LOW7) | words | _LOW7))
 
 
 def band_key(signature: np.ndarray, band: int) -> np.ndarray:

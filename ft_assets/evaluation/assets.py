@@ -169,7 +169,6 @@ def evaluation_table(
             ),
             "worst_predictions": table(_worst(predictions), WORST_COLUMNS),
             "settings": settings_table(settings),
-            "adapter_main_score": finite(adapter["main_score"]),  # what `ft-assets run` prints
             **recorded,
         },
     )  # fmt: skip
