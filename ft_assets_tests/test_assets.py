@@ -11,8 +11,8 @@ from ft_assets.definitions import defs
 from ft_assets.lineage import queries
 from ft_assets.lineage.store import connect
 from ft_assets.lineage.sync import sync
-from ft_assets.resources import ArtifactIOManager, ArtifactStore, LineageStore, LLMResource
 from ft_assets_tests.conftest import ROOT
+from ft_assets_tests.project_runs import local_resources
 
 DATA_ASSETS = [
     "raw_examples",
@@ -32,16 +32,6 @@ def project(tmp_path):
     return tmp_path
 
 
-def _resources(project: Path) -> dict:
-    artifacts = str(project / "artifacts")
-    return {
-        "artifacts": ArtifactStore(root=artifacts),
-        "io_manager": ArtifactIOManager(root=artifacts),
-        "lineage": LineageStore(path=str(project / "lineage.duckdb")),
-        "llm": LLMResource(cache_dir=str(project / "llm-cache")),
-    }
-
-
 def _folders(project: Path) -> dict:
     return {
         "raw_examples": {"config": {"folder": str(project / "raw")}},
@@ -51,7 +41,7 @@ def _folders(project: Path) -> dict:
 
 def _materialize(project: Path, instance: dg.DagsterInstance, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def("data").execute_in_process(
-        instance=instance, raise_on_error=raise_on_error, resources=_resources(project),
+        instance=instance, raise_on_error=raise_on_error, resources=local_resources(project),
         run_config={"ops": _folders(project)},
     )  # fmt: skip
 
@@ -132,7 +122,9 @@ def test_cleaned_examples_metadata_reads_figures_first_rejects_with_their_flaw_a
     )
     config = {**_folders(tmp_path), "synthetic_examples": {"config": {"max_sources": 0}}}
     with dg.DagsterInstance.ephemeral() as instance:
-        result = job.execute_in_process(instance=instance, resources=_resources(tmp_path), run_config={"ops": config})
+        result = job.execute_in_process(
+            instance=instance, resources=local_resources(tmp_path), run_config={"ops": config}
+        )
     assert result.success
     metadata = next(
         e.step_materialization_data.materialization.metadata
@@ -220,7 +212,7 @@ def test_any_asset_runs_alone_or_with_its_upstream(project, selection):
         keys = dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
         ops = _folders(project) if selection.startswith("*") else {}
-        result = job.execute_in_process(instance=instance, resources=_resources(project), run_config={"ops": ops})
+        result = job.execute_in_process(instance=instance, resources=local_resources(project), run_config={"ops": ops})
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     if selection == "train_split":
