@@ -13,6 +13,7 @@ from ft_assets_tests.project_runs import (
     hidden_leftovers,
     instance_at,
     kill_when,
+    local_resources,
     make_project,
     published_folders,
     run_versions,
@@ -21,7 +22,6 @@ from ft_assets_tests.project_runs import (
     trainers_gone,
     wait_for,
 )
-from ft_assets_tests.test_assets import _resources
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -31,7 +31,7 @@ def _data_run(project: Path, instance: dg.DagsterInstance, raw: Path, **splits: 
            "source_documents": {"config": {"folder": str(ROOT / "data" / "sources")}},
            "splits": {"config": splits}}  # fmt: skip
     return defs.resolve_job_def("data").execute_in_process(
-        instance=instance, resources=_resources(project), run_config={"ops": ops}, raise_on_error=False
+        instance=instance, resources=local_resources(project), run_config={"ops": ops}, raise_on_error=False
     )
 
 
@@ -54,7 +54,7 @@ def test_a_split_that_failed_its_blocking_check_is_never_consumed(tmp_path):
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("base_model")})
         result = job.execute_in_process(
             instance=instance,
-            resources=_resources(tmp_path),
+            resources=local_resources(tmp_path),
             run_config={"ops": {"base_model": TINY_CONFIG["ops"]["base_model"]}},
         )
     lineage = result.asset_materializations_for_node("base_model")[0].metadata["lineage"].value
