@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ft_assets.champion.cli import champion
+from ft_assets.defaults import LINEAGE_DB as DEFAULT_DB
 from ft_assets.run_command import run
 
 
@@ -110,9 +111,6 @@ def prep(
         f"read {report['read']}, kept {report['kept']}, rejected {report['rejected']} "
         f"({report['duplicates']} duplicates); {splits} -> {out_dir}"
     )
-
-
-DEFAULT_DB = "data/lineage.duckdb"
 
 
 @main.group(short_help="Ask which data, code and config made a model, and more.")

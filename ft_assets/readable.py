@@ -36,10 +36,3 @@ def text(value: Any) -> str:
 def settings_table(settings: Mapping[str, Any]) -> dg.TableMetadataValue:
     """Return settings as a typed two-column table (``setting``, ``value``), every value as text."""
     return table([{"setting": str(k), "value": text(v)} for k, v in settings.items()], SETTING_COLUMNS, max_text=None)
-
-
-def finite(value: Any) -> Any:
-    """Return ``value``, or None for a float that is NaN or infinite (a table cell shows it empty)."""
-    import math
-
-    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -13,8 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef, find_by_inputs, publish, remember_inputs, staging, work_folder
-
-DEFAULT_LINEAGE_DB = "data/lineage.duckdb"  # the default of ``ft-assets lineage --db``
+from ft_assets.defaults import LINEAGE_DB as DEFAULT_LINEAGE_DB
 
 
 class ArtifactStore(dg.ConfigurableResource):

@@ -23,7 +23,8 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.metadata import image, inline_curves, rounded, table
-from ft_assets.readable import finite, settings_table, text
+from ft_assets.numbers import finite
+from ft_assets.readable import settings_table, text
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from ft_assets.code_versions import source_version
 from ft_assets.evaluation.assets import COMPARISONS, EvaluationConfig, adapter_beats_baselines
 from ft_assets.evaluation.results import read_results
 from ft_assets.metadata import table
-from ft_assets.readable import finite
+from ft_assets.numbers import finite
 from ft_assets.resources import ArtifactStore, LineageStore
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-DEFAULT_DB = "data/lineage.duckdb"
+from ft_assets.defaults import LINEAGE_DB as DEFAULT_DB
+
 DEFAULT_STABLE_PATH = "data/champion"
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ft_assets.champion.rule import PROMOTED, ModelScores
 from ft_assets.lineage.store import connect
+from ft_assets.numbers import finite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS promotions (
@@ -82,10 +83,6 @@ class Champion:
         return f"{self.asset}@{self.version}"
 
 
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _has_promotions(connection: Any) -> bool:
     return bool(
         connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'promotions'").fetchone()[0]
@@ -101,7 +98,7 @@ def new_row(**values: Any) -> dict[str, Any]:
     """Return a promotions row: a new id, the time now, ``values``, every other column None."""
     row = dict.fromkeys(COLUMNS)
     row.update(decision_id=uuid.uuid4().hex, decided_at=datetime.now(UTC).isoformat(), **values)
-    return {column: _finite(value) for column, value in row.items()}
+    return {column: finite(value) for column, value in row.items()}
 
 
 def sides(

@@ -13,7 +13,8 @@ from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.results import REPORTS, RESULTS, json_number, read_results, write_results
 from ft_assets.metadata import rounded, table
-from ft_assets.readable import finite, settings_table
+from ft_assets.numbers import finite
+from ft_assets.readable import settings_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
 
 EVALUATION_CODE = source_version(__name__, "evaluation_table")

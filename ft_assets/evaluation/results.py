@@ -8,9 +8,10 @@ Reading joins them back, so callers see whole rows.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from ft_assets.numbers import finite
 
 RESULTS = "evaluations.json"
 PREDICTIONS = "predictions.parquet"
@@ -26,18 +27,14 @@ def json_number(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def write_results(folder: Path, rows: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> None:
     """Write evaluation rows and predictions to ``folder``, their timings apart in ``timings.json``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     timings = {
-        "models": {row["model"]: {key: _finite(row.get(key)) for key in MODEL_TIMINGS} for row in rows},
-        "predictions": [{key: _finite(p.get(key)) for key in PREDICTION_TIMINGS} for p in predictions],
+        "models": {row["model"]: {key: finite(row.get(key)) for key in MODEL_TIMINGS} for row in rows},
+        "predictions": [{key: finite(p.get(key)) for key in PREDICTION_TIMINGS} for p in predictions],
     }
     untimed_rows = [{k: v for k, v in row.items() if k not in MODEL_TIMINGS} for row in rows]
     (folder / RESULTS).write_text(json.dumps(untimed_rows, indent=2, sort_keys=True, default=json_number))

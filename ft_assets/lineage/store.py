@@ -19,7 +19,6 @@ and retries while another process holds the lock. Nothing here imports dagster.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from ft_assets.numbers import finite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS materializations (
@@ -437,9 +438,9 @@ def record_evaluations(path: str | Path, rows: list[dict[str, Any]]) -> None:
         stored = {
             **row,
             "field_accuracy": json.dumps(row.get("field_accuracy") or {}, sort_keys=True),
-            "metrics": json.dumps({k: _finite(v) for k, v in (row.get("metrics") or {}).items()}, sort_keys=True),
+            "metrics": json.dumps({k: finite(v) for k, v in (row.get("metrics") or {}).items()}, sort_keys=True),
         }
-        values.append([_finite(stored.get(column)) for column in EVALUATION_COLUMNS])
+        values.append([finite(stored.get(column)) for column in EVALUATION_COLUMNS])
     with connect(path) as connection:
         connection.execute("BEGIN TRANSACTION")
         connection.executemany(f"INSERT OR REPLACE INTO evaluations ({columns}) VALUES ({placeholders})", values)
@@ -454,9 +455,9 @@ def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
         [
             {
                 **{column: row.get(column) for column in PREDICTION_COLUMNS},
-                "scores": json.dumps({k: _finite(v) for k, v in row["scores"].items()}, sort_keys=True),
-                "main_score": _finite(row.get("main_score")),
-                "latency_ms": _finite(row.get("latency_ms")),
+                "scores": json.dumps({k: finite(v) for k, v in row["scores"].items()}, sort_keys=True),
+                "main_score": finite(row.get("main_score")),
+                "latency_ms": finite(row.get("latency_ms")),
             }
             for row in rows
         ]
@@ -479,17 +480,12 @@ def record_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
         connection.execute("COMMIT")
 
 
-def _finite(value: Any) -> Any:
-    """Store NaN and infinities as NULL (unknown), everything else as it is."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 METRIC_COLUMNS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
 def record_fine_tune_metrics(path: str | Path, model_version: str, job_id: str, rows: list[dict[str, Any]]) -> None:
     """Write the per-step metrics of a fine-tuned model version (replacing earlier rows of that version)."""
-    values = [[model_version, job_id, int(row["step"]), *(_finite(row.get(c)) for c in METRIC_COLUMNS)] for row in rows]
+    values = [[model_version, job_id, int(row["step"]), *(finite(row.get(c)) for c in METRIC_COLUMNS)] for row in rows]
     with connect(path) as connection:
         connection.execute("BEGIN TRANSACTION")
         connection.execute("DELETE FROM fine_tune_metrics WHERE model_version = ?", [model_version])
