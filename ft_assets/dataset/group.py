@@ -21,6 +21,7 @@ all on whole arrays (sorting, banding and union-find included): no loop runs per
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from ft_assets.compute_threads import available_cores
 from ft_assets.dataset.columnar import string_buffers
 from ft_assets.dataset.deduplicate import line_hashes
 from ft_assets.dataset.splitting import mix64
@@ -219,6 +221,29 @@ def _equal_bins(signature: np.ndarray, step: int) -> np.ndarray:
     return (total >> np.uint64(56)).astype(np.uint8)
 
 
+def _band_pairs(signature: np.ndarray, band: int, needed: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the near-duplicate pairs one band finds (see ``near_duplicate_pairs``), nearest first."""
+    keys = band_key(signature, band)
+    rows = np.flatnonzero(keys).astype(np.int32)
+    rows = rows[stable_order(keys[rows])]
+    keys = keys[rows]
+    reach = min(NEAR_DUPLICATE_REACH, len(rows) - 1)
+    equal = [np.zeros(len(rows) - step, dtype=np.uint8) for step in range(1, reach + 1)]
+    for start in range(0, len(rows), PAIR_SLICE):  # bounded temporaries however many rows
+        block = np.take(signature, rows[start : start + PAIR_SLICE + reach], axis=0)
+        for step in range(1, reach + 1):
+            equal[step - 1][start : start + PAIR_SLICE] = _equal_bins(block, step)[:PAIR_SLICE]
+        del block
+    firsts, seconds = [], []
+    for step in range(1, reach + 1):
+        hit = np.flatnonzero((keys[step:] == keys[:-step]) & (equal[step - 1] >= needed))
+        firsts.append(rows[hit])
+        seconds.append(rows[hit + step])
+    if not firsts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
 def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Return pairs of rows whose prompts are near duplicates (sharing a band, then confirmed).
 
@@ -226,31 +251,15 @@ def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.nd
     each of the next ``NEAR_DUPLICATE_REACH`` rows in that order form a pair when they share the
     key and at least ``threshold`` of their bins are equal. Pairs come band by band, nearest
     first. Rows are gathered in band order a slice at a time and neighbours compared by shifting.
+    Bands are searched on one thread per core (NumPy releases the GIL in its sorts and gathers).
     """
     if threshold <= 0 or not len(signature):
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     signature = np.ascontiguousarray(signature)
     needed = threshold * SIGNATURE_BINS - 1e-9
-    firsts, seconds = [], []
-    for band in range(BANDS):
-        keys = band_key(signature, band)
-        rows = np.flatnonzero(keys).astype(np.int32)
-        rows = rows[stable_order(keys[rows])]
-        keys = keys[rows]
-        reach = min(NEAR_DUPLICATE_REACH, len(rows) - 1)
-        equal = [np.zeros(len(rows) - step, dtype=np.uint8) for step in range(1, reach + 1)]
-        for start in range(0, len(rows), PAIR_SLICE):  # bounded temporaries however many rows
-            block = np.take(signature, rows[start : start + PAIR_SLICE + reach], axis=0)
-            for step in range(1, reach + 1):
-                equal[step - 1][start : start + PAIR_SLICE] = _equal_bins(block, step)[:PAIR_SLICE]
-            del block
-        for step in range(1, reach + 1):
-            hit = np.flatnonzero((keys[step:] == keys[:-step]) & (equal[step - 1] >= needed))
-            firsts.append(rows[hit])
-            seconds.append(rows[hit + step])
-    if not firsts:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    return np.concatenate(firsts), np.concatenate(seconds)
+    with ThreadPoolExecutor(min(available_cores(), BANDS)) as pool:
+        pairs = list(pool.map(lambda band: _band_pairs(signature, band, needed), range(BANDS)))
+    return np.concatenate([first for first, _ in pairs]), np.concatenate([second for _, second in pairs])
 
 
 def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> tuple[int, np.ndarray]:
