@@ -460,9 +460,10 @@ def scan_chunk_lines(
     if order is not None:
         slow_formats = np.asarray([FORMAT_CODES[r.format] for r in slow_rows], np.uint8)
         formats = np.concatenate([np.zeros(n_fast, np.uint8), slow_formats])[order]
-    lines_out = pc.binary_join_element_wise(
-        '{"id":', _json_strings(example_id), ",", pc.utf8_slice_codeunits(payload, 1), "\n", ""
-    )
+    body = pc.binary_replace_slice(payload.cast(pa.binary()), 0, 1, "")  # the payload after its "{"
+    json_id = _json_strings(example_id).cast(pa.binary())
+    # Joined as bytes: slicing off the "{" as a string would decode UTF-8 for nothing.
+    lines_out = pc.binary_join_element_wise(pa.scalar(b'{"id":'), json_id, pa.scalar(b","), body, pa.scalar(b"\n"), b"")
     index = pa.table(
         {
             "line": line_index + 1,
