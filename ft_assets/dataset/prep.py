@@ -15,6 +15,7 @@ import multiprocessing
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from itertools import compress
@@ -232,30 +233,6 @@ class _CleanedIndex:
         self.writer.close()
 
 
-class _SplitTotals:
-    """Counts rows and tokens per split as the kept rows' index passes by."""
-
-    def __init__(self, assignment: np.ndarray) -> None:
-        self.assignment = assignment
-        self.row = 0
-        self.tokens = np.zeros(3, dtype=np.int64)
-
-    def add(self, table: pa.Table, file: str, line_base: int, position: int) -> None:
-        """Add the tokens of one chunk's kept rows to their splits."""
-        tokens = table["tokens"].to_numpy()
-        target = self.assignment[self.row : self.row + len(tokens)]
-        self.row += len(tokens)
-        self.tokens += np.bincount(target, weights=tokens, minlength=3).astype(np.int64)
-
-    def close(self) -> None:
-        """Nothing to finish."""
-
-    def report(self) -> dict[str, dict[str, int]]:
-        """Rows and tokens per split."""
-        counts = np.bincount(self.assignment, minlength=3)
-        return {name: {"rows": int(counts[i]), "tokens": int(self.tokens[i])} for i, name in enumerate(SPLITS)}
-
-
 def _run_phases(
     inputs: Sequence[str | Path],
     out_dir: Path,
@@ -264,9 +241,15 @@ def _run_phases(
     workers: int | None,
     chunk_bytes: int,
     method: str,
-    outputs: Callable[[_Scanned], tuple[list[Path], np.ndarray, _CleanedIndex | _SplitTotals]],
-) -> tuple[dict[str, Any], _CleanedIndex | _SplitTotals]:
-    """Read, scan, decide and write; ``outputs`` names the files, the output of each kept row and the index sink."""
+    plan: Callable[[_Scanned], tuple[list[Path], np.ndarray]],
+    write_index: bool,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Read, scan, decide and write; return the report, each kept row's output and its tokens.
+
+    ``plan`` names the output files and the output of each kept row. It runs on a second thread
+    (mostly in NumPy, which releases the GIL) while this one accounts for every row, and the
+    workers start writing as soon as it returns. ``write_index`` writes ``cleaned.index.parquet``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     config = config or CleanConfig()
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
@@ -277,15 +260,23 @@ def _run_phases(
         ]
         with _workers(workers or available_cores(), len(tasks), method) as run:
             scanned = _scan(files, tasks, run, config)
-            paths, targets, sink = outputs(scanned)
-            written = scanned.write(run, paths, targets)
-            try:
-                report = _merge(scanned, out_dir, sink)
-            finally:
-                sink.close()
+
+            def plan_and_write() -> tuple[np.ndarray, Callable[[], list[Any]]]:
+                paths, targets = plan(scanned)
+                return targets, scanned.write(run, paths, targets)
+
+            with ThreadPoolExecutor(1) as planner:
+                planned = planner.submit(plan_and_write)
+                sink = _CleanedIndex(out_dir) if write_index else None
+                try:
+                    report, tokens = _merge(scanned, out_dir, sink)
+                finally:
+                    if sink is not None:
+                        sink.close()
+                targets, written = planned.result()
             written()
     report["config"] = asdict(config)
-    return report, sink
+    return report, targets, tokens
 
 
 def clean(
@@ -306,10 +297,10 @@ def clean(
     ``rejected.jsonl`` (``file``, ``line``, ``reasons``, ``raw`` and for duplicates ``duplicate_of``).
     """
 
-    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _CleanedIndex]:
-        return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8), _CleanedIndex(out_dir)
+    def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
+        return [out_dir / CLEANED], np.zeros(int((~scanned.duplicate).sum()), np.uint8)
 
-    report, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", outputs)
+    report, _, _ = _run_phases(inputs, out_dir, config, labels, workers, chunk_bytes, "forkserver", plan, True)
     return report
 
 
@@ -333,14 +324,18 @@ def prep(
     group_config = group_config or GroupConfig()
     grouping: dict[str, Any] = {}
 
-    def outputs(scanned: _Scanned) -> tuple[list[Path], np.ndarray, _SplitTotals]:
+    def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
         columns = {name: scanned.kept_column(name) for name in GROUP_COLUMNS}
         targets, report = plan_splits(columns, split_config, group_config)
         grouping.update(report)
-        return [out_dir / f"{name}.jsonl" for name in SPLITS], targets, _SplitTotals(targets)
+        return [out_dir / f"{name}.jsonl" for name in SPLITS], targets
 
-    report, totals = _run_phases(inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, outputs)
-    report["splits"] = totals.report()  # type: ignore[union-attr]
+    report, targets, tokens = _run_phases(
+        inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, plan, False
+    )
+    rows = np.bincount(targets, minlength=3)
+    split_tokens = np.bincount(targets, weights=tokens, minlength=3).astype(np.int64)
+    report["splits"] = {name: {"rows": int(rows[i]), "tokens": int(split_tokens[i])} for i, name in enumerate(SPLITS)}
     report["seed"] = split_config.seed
     report["grouping"] = grouping
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -364,8 +359,11 @@ def _rejected_rows(result: ChunkResult, label: str, base: int, element: bool) ->
     return rows
 
 
-def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotals) -> dict[str, Any]:
-    """Hand the kept rows to ``output`` and write the rejected rows, in input order; count everything."""
+def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tuple[dict[str, Any], np.ndarray]:
+    """Write the rejected rows (and the kept rows' ``index``), in input order; count everything.
+
+    Returns the report and the tokens of each kept row.
+    """
     results, files = scanned.results, scanned.files
     duplicate, first_of = scanned.duplicate, scanned.first_of
     line_base: dict[int, int] = Counter()
@@ -437,7 +435,8 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
                 kept_table["answer_chars"].to_numpy() > long_answer, QUALITY_TOO_LONG, 0
             ).astype(np.uint8)
             kept_table = kept_table.set_column(kept_table.schema.get_field_index("quality"), "quality", pa.array(flags))
-            output.add(kept_table, label, base, position)
+            if index is not None:
+                index.add(kept_table, label, base, position)
             _count_bits(kept_table["fixes"].to_numpy(), FIX_NAMES, fixes)
             _count_bits(flags, QUALITY_NAMES, quality)
             for flagged in np.flatnonzero(flags).tolist()[: max(0, QUALITY_EXAMPLES - len(quality_rows))]:
@@ -457,8 +456,8 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
     read = sum(r.lines for r in results)
     if written_rejects != read - position:
         raise RuntimeError(f"row accounting broke: read {read}, kept {position}, rejected {written_rejects}")
-    tokens = np.concatenate(tokens_kept) if tokens_kept else np.zeros(0, np.int32)
-    return {
+    tokens = np.concatenate(tokens_kept) if tokens_kept else np.zeros(0, np.int64)
+    report = {
         "read": read,
         "kept": position,
         "rejected": written_rejects,
@@ -472,6 +471,7 @@ def _merge(scanned: _Scanned, out_dir: Path, output: _CleanedIndex | _SplitTotal
         "tokens": _token_stats(tokens),
         "files": per_file,
     }
+    return report, tokens
 
 
 def _count_bits(values: np.ndarray, names: dict[int, str], counter: Counter[str]) -> None:
