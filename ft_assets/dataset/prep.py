@@ -359,6 +359,41 @@ def _rejected_rows(result: ChunkResult, label: str, base: int, element: bool) ->
     return rows
 
 
+class _KeptRows:
+    """Where some kept rows are: their chunk, input line and bytes in the chunk's kept part (memory per row asked)."""
+
+    def __init__(self, results: list[ChunkResult], chunk_line_base: list[int], rows: np.ndarray) -> None:
+        self.results, self.rows = results, rows  # rows: sorted kept-row numbers
+        first_row = np.cumsum([0] + [r.kept for r in results])
+        self.chunk = np.searchsorted(first_row, rows, side="right") - 1
+        self.lines = np.zeros(len(rows), np.int64)
+        self.starts = np.zeros(len(rows), np.int64)
+        self.sizes = np.zeros(len(rows), np.int64)
+        for chunk in np.unique(self.chunk).tolist():
+            mine = np.flatnonzero(self.chunk == chunk)
+            local = rows[mine] - first_row[chunk]
+            sizes = results[chunk].column("size")
+            self.sizes[mine] = sizes[local]
+            self.starts[mine] = np.cumsum(sizes)[local] - sizes[local]
+            self.lines[mine] = results[chunk].column("line")[local] + chunk_line_base[chunk]
+
+    def _at(self, row: int) -> int:
+        return int(np.searchsorted(self.rows, row))
+
+    def line(self, row: int) -> int:
+        """Return the row's line in its input file."""
+        return int(self.lines[self._at(row)])
+
+    def file_index(self, row: int) -> int:
+        """Return the index of the row's input file."""
+        return self.results[int(self.chunk[self._at(row)])].task.file_index
+
+    def extent(self, row: int) -> tuple[int, int, int]:
+        """Return the row's chunk and the start and size of its cleaned line in the chunk's kept part."""
+        at = self._at(row)
+        return int(self.chunk[at]), int(self.starts[at]), int(self.sizes[at])
+
+
 def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tuple[dict[str, Any], np.ndarray]:
     """Write the rejected rows (and the kept rows' ``index``), in input order; count everything.
 
@@ -371,12 +406,6 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
     for result in results:
         chunk_line_base.append(line_base[result.task.file_index])
         line_base[result.task.file_index] += result.lines
-    row_file = np.concatenate(
-        [np.full(r.kept, r.task.file_index, dtype=np.int32) for r in results] or [np.zeros(0, np.int32)]
-    )
-    row_line = np.concatenate(
-        [r.column("line") + base for r, base in zip(results, chunk_line_base, strict=True)] or [np.zeros(0, np.int64)]
-    )
     reasons: Counter[str] = Counter()
     fixes: Counter[str] = Counter()
     quality: Counter[str] = Counter()
@@ -386,22 +415,19 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
     tokens_kept = []
     long_answer = scanned.long_answer_limit()
     position = row = written_rejects = 0
-    sizes = _column(results, "size")
-    kept_per_chunk = [r.kept for r in results]
-    chunk_of_row = np.repeat(np.arange(len(results)), kept_per_chunk)
-    chunk_bytes = np.bincount(chunk_of_row, weights=sizes, minlength=len(results)).astype(np.int64)
-    start_in_part = np.cumsum(sizes) - sizes - np.repeat(np.cumsum(chunk_bytes) - chunk_bytes, kept_per_chunk)
+    repeated = np.flatnonzero(duplicate)
+    located = _KeptRows(results, chunk_line_base, np.union1d(repeated, first_of[repeated]))
     with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as stack:
         sources = [stack.enter_context(open(f.path, "rb", buffering=0)) for f in files]
         parts: dict[int, Any] = {}
 
-        def read_row(index: int) -> bytes:
-            chunk = int(chunk_of_row[index])
+        def read_row(row: int) -> bytes:
+            chunk, start, size = located.extent(row)
             if chunk not in parts:
                 parts[chunk] = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb", buffering=0))
-            return read_at(parts[chunk], int(sizes[index]), int(start_in_part[index]))
+            return read_at(parts[chunk], size, start)
 
-        exact = exact_duplicates(duplicate, first_of, read_row)  # while the workers write the outputs
+        exact = exact_duplicates(duplicate, first_of, read_row)
         for result, base in zip(results, chunk_line_base, strict=True):
             file_index = result.task.file_index
             label = files[file_index].label
@@ -418,10 +444,10 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
                 line = read_at(sources[file_index], int(lengths[local]), int(offsets[local]))
                 record: dict[str, Any] = {
                     "file": label,
-                    "line": int(row_line[row + local]),
+                    "line": located.line(row + local),
                     "reasons": [reason],
                     "raw": line.decode("utf-8", "backslashreplace"),
-                    "duplicate_of": {"file": files[row_file[first]].label, "line": int(row_line[first])},
+                    "duplicate_of": {"file": files[located.file_index(first)].label, "line": located.line(first)},
                 }
                 if element:
                     record["element"] = record["line"] - 1
