@@ -113,21 +113,26 @@ def _workers(count: int, tasks: int, method: str) -> Iterator[Runner]:
         yield lambda function, items: pool.map_async(function, items, chunksize=1).get
 
 
-def _column(results: list[ChunkResult], name: str, keep: np.ndarray | None = None) -> np.ndarray:
-    """Return an index column over every chunk (only the rows where ``keep``), filled in place chunk by chunk."""
-    out: np.ndarray | None = None
+def _columns(results: list[ChunkResult], names: Sequence[str], keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Return index columns over every chunk (only the rows where ``keep``), each chunk's index read once."""
+    total = int(np.count_nonzero(keep)) if keep is not None else sum(r.kept for r in results)
+    out: dict[str, np.ndarray] = {}
     row = written = 0
     for result in results:
-        values = result.column(name)
-        if keep is not None:
-            values = values[keep[row : row + result.kept]]
+        mask = keep[row : row + result.kept] if keep is not None else None
         row += result.kept
-        if out is None:
-            total = int(np.count_nonzero(keep)) if keep is not None else sum(r.kept for r in results)
-            out = np.empty((total, *values.shape[1:]), dtype=values.dtype)
-        out[written : written + len(values)] = values
-        written += len(values)
-    return out if out is not None else np.zeros(0, dtype=np.uint64)
+        count = result.kept if mask is None else int(np.count_nonzero(mask))
+        for name, values in result.columns(names).items():
+            if name not in out:
+                out[name] = np.empty((total, *values.shape[1:]), dtype=values.dtype)
+            out[name][written : written + count] = values if mask is None else values[mask]
+        written += count
+    return {name: out.get(name, np.zeros(0, dtype=np.uint64)) for name in names}
+
+
+def _column(results: list[ChunkResult], name: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """Return one index column over every chunk (only the rows where ``keep``)."""
+    return _columns(results, [name], keep)[name]
 
 
 def _signatures(arrays: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
@@ -176,13 +181,13 @@ class _Scanned:
     duplicate: np.ndarray
     first_of: np.ndarray
 
-    def kept_column(self, name: str) -> np.ndarray:
-        """Return an index column for the rows that survive de-duplication, in input order."""
-        return _column(self.results, name, ~self.duplicate)
+    def kept_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return index columns for the rows that survive de-duplication, in input order."""
+        return _columns(self.results, names, ~self.duplicate)
 
     def long_answer_limit(self) -> float:
         """Return the answer length (characters) above which a kept answer is far longer than its peers."""
-        chars = self.kept_column("answer_chars")
+        chars = self.kept_columns(["answer_chars"])["answer_chars"]
         if not len(chars):
             return float("inf")
         return max(LONG_ANSWER_FACTOR * float(np.median(chars)), LONG_ANSWER_CHARS)
@@ -325,7 +330,7 @@ def prep(
     grouping: dict[str, Any] = {}
 
     def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
-        columns = {name: scanned.kept_column(name) for name in GROUP_COLUMNS}
+        columns = scanned.kept_columns(GROUP_COLUMNS)
         targets, report = plan_splits(columns, split_config, group_config)
         grouping.update(report)
         return [out_dir / f"{name}.jsonl" for name in SPLITS], targets
@@ -372,10 +377,11 @@ class _KeptRows:
         for chunk in np.unique(self.chunk).tolist():
             mine = np.flatnonzero(self.chunk == chunk)
             local = rows[mine] - first_row[chunk]
-            sizes = results[chunk].column("size")
+            columns = results[chunk].columns(["size", "line"])
+            sizes = columns["size"]
             self.sizes[mine] = sizes[local]
             self.starts[mine] = np.cumsum(sizes)[local] - sizes[local]
-            self.lines[mine] = results[chunk].column("line")[local] + chunk_line_base[chunk]
+            self.lines[mine] = columns["line"][local] + chunk_line_base[chunk]
 
     def _at(self, row: int) -> int:
         return int(np.searchsorted(self.rows, row))

@@ -13,6 +13,7 @@ numbers there are relative to the chunk; ``prep`` adds the chunk's first line nu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,15 @@ class ChunkTask:
     split_hint: int = NO_SPLIT
 
 
+def _to_numpy(values: pa.Array) -> np.ndarray:
+    """Return an index column as NumPy; a fixed-size binary column as a (rows x width) uint8 matrix."""
+    if pa.types.is_fixed_size_binary(values.type):
+        width = values.type.byte_width
+        flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
+        return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
+    return values.to_numpy(zero_copy_only=False)
+
+
 @dataclass
 class ChunkResult:
     """Counts of one scanned chunk; the rows themselves are in the scratch files."""
@@ -148,14 +158,14 @@ class ChunkResult:
         """Drop the mapped index, so its pages stop counting in this process's memory."""
         self._index = None
 
+    def columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return index columns, read into memory with one read of the index (nothing stays mapped)."""
+        table = feather.read_table(self.path("index.arrow"), columns=list(names), memory_map=False)
+        return {name: _to_numpy(table[name].combine_chunks()) for name in names}
+
     def column(self, name: str) -> np.ndarray:
-        """Return one index column, read into memory (nothing stays mapped)."""
-        values = feather.read_table(self.path("index.arrow"), columns=[name], memory_map=False)[name].combine_chunks()
-        if pa.types.is_fixed_size_binary(values.type):
-            width = values.type.byte_width
-            flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
-            return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
-        return values.to_numpy(zero_copy_only=False)
+        """Return one index column, read into memory."""
+        return self.columns([name])[name]
 
     def path(self, suffix: str) -> Path:
         """Return the scratch file of this chunk with the given suffix."""
