@@ -194,7 +194,8 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     radix sort of 16-bit digits: NumPy sorts 16-bit integers stably in linear time, 32- and 64-bit
     ones with a comparison sort several times slower.
     """
-    order = np.argsort((keys & np.uint16(0xFFFF)).astype(np.uint16), kind="stable")
+    index = np.int32 if len(keys) < 2**31 else np.int64  # half the memory of NumPy's int64 indices
+    order = np.argsort((keys & np.uint16(0xFFFF)).astype(np.uint16), kind="stable").astype(index)
     for shift in range(16, 8 * keys.dtype.itemsize, 16):
         digit = (keys[order] >> keys.dtype.type(shift)).astype(np.uint16)
         order = order[np.argsort(digit, kind="stable")]

@@ -2,10 +2,10 @@
 
 The stages, each in its own module: read (``read``: files, JSON arrays, byte ranges), validate
 and clean (``validate``, per chunk on worker processes), deduplicate (``deduplicate``, on 64-bit
-keys), group and split (``group``, ``splitting``, on fixed-size numbers per row) and write
-(``write``: every chunk's surviving rows copied to their offset in the outputs, on the workers,
-while this process writes the rejected rows and the index). Memory grows by about a hundred
-bytes per row; the rows themselves stay on disk.
+keys), group and split (``group``, ``splitting``, on fixed-size numbers per row, on a second
+thread while this one writes the rejected rows and the index) and write (``write``: every
+chunk's surviving rows copied to their offset in the outputs, on the workers). Memory grows by
+about a hundred bytes per row; the rows themselves stay on disk.
 """
 
 from __future__ import annotations
