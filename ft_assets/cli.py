@@ -40,7 +40,8 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the split assignment.")
 @click.option("--ratios", default="0.8,0.1,0.1", show_default=True, callback=_ratios,
               help="Shares of train, validation and test, summing to 1.")  # fmt: skip
-@click.option("--max-tokens", default=4096, show_default=True, help="Reject examples above this token estimate.")
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Reject examples above this token estimate.")  # fmt: skip
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "chat", "preference"]), show_default=True,
               help="Format of the rows; auto tells chat and preference rows apart.")  # fmt: skip
 @click.option("--keep-markdown", is_flag=True, help="Do not strip markdown debris from the turns.")
@@ -65,8 +66,9 @@ def main() -> None:
     type=click.FloatRange(0, 1),
     help="Jaccard similarity of prompt words from which rows share a group (0 turns it off).",
 )
-@click.option("--min-examples", default=10, show_default=True, help="Fail below this many cleaned examples.")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
+@click.option("--min-examples", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Fail below this many cleaned examples.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
 def prep(
     inputs: tuple[str, ...],
     out_dir: Path,
@@ -106,6 +108,8 @@ def prep(
     except (PrepError, SplitError) as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)
+    for ignored in report["ignored_inputs"]:
+        click.echo(f"ft-assets prep: ignored {ignored['path']} ({ignored['why']})", err=True)
     splits = ", ".join(f"{name} {info['rows']}" for name, info in report["splits"].items())
     click.echo(
         f"read {report['read']}, kept {report['kept']}, rejected {report['rejected']} "

@@ -254,3 +254,52 @@ def test_code_keeps_its_characters_while_its_fences_go(tmp_path):
     first = read_jsonl(tmp_path / "out" / "cleaned.jsonl")[0]["messages"]
     assert first[1]["content"] == "Show __init__ in Python"
     assert first[2]["content"] == "# add one\ndef __init__(self):\n    return 2**3"
+
+
+def test_answers_equal_up_to_punctuation_and_case_share_a_group(tmp_path):
+    rows = []
+    for i in range(20):
+        answer = f"Shipment {i} left the depot on Monday morning"
+        for j, variant in enumerate([f"{answer}.", answer, f"{answer.lower()}!", f"**{answer}**"]):
+            rows.append(chat(f"Which shipment left, asked way {j}? Reference {i * 31 + j}", variant))
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    report = prep([tmp_path / "in.jsonl"], tmp_path / "out", group_config=GroupConfig(near_duplicate_threshold=0))
+    assert report["grouping"]["groups"] == 20
+    shipment = {
+        name: {r["messages"][-1]["content"].split()[1] for r in rows}
+        for name, rows in _splits(tmp_path / "out").items()
+    }
+    assert not shipment["train"] & (shipment["validation"] | shipment["test"])
+
+
+def test_a_failed_run_leaves_no_stale_outputs(tmp_path):
+    write_jsonl(tmp_path / "many.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)])
+    write_jsonl(tmp_path / "few.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(3)])
+    prep([tmp_path / "many.jsonl"], tmp_path / "out")
+    with pytest.raises(SplitError):
+        prep([tmp_path / "few.jsonl"], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [REJECTED]  # this run's rejects, nothing older
+    assert not (tmp_path / "out" / REJECTED).read_text()
+
+
+def test_an_output_folder_inside_an_input_folder_and_files_named_twice_are_left_out(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "rows.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)])
+    first = prep([data], data / "out")
+    (data / "out" / "train.jsonl").rename(data / "out" / "kept_by_hand.jsonl")  # a file prep does not replace
+    second = prep([data, data / "rows.jsonl"], data / "out")
+    assert first["read"] == second["read"] == 20 and second["duplicates"] == 0
+    assert sorted((i["path"], i["why"]) for i in second["ignored_inputs"]) == [
+        (str(data / "out" / "kept_by_hand.jsonl"), "inside the output folder"),
+        (str(data / "rows.jsonl"), "named more than once"),
+    ]
+    result = CliRunner().invoke(main, ["prep", str(data), str(data / "rows.jsonl"), "--out", str(data / "out")])
+    assert result.exit_code == 0 and "rows.jsonl (named more than once)" in result.output
+
+
+@pytest.mark.parametrize("option", [["--min-examples", "0"], ["--workers", "0"], ["--max-tokens", "-1"]])
+def test_out_of_range_options_are_refused_without_a_traceback(tmp_path, option):
+    write_jsonl(tmp_path / "rows.jsonl", [chat("Invoice 1", "Category: a")])
+    result = CliRunner().invoke(main, ["prep", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "out"), *option])
+    assert result.exit_code == 2 and "Invalid value" in result.output

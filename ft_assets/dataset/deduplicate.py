@@ -27,15 +27,18 @@ _WHITESPACE_ESCAPES = np.zeros(256, dtype=bool)
 _WHITESPACE_ESCAPES[list(b"ntrNTR")] = True
 _LOWER_ASCII = bytes.maketrans(bytes(range(ord("A"), ord("Z") + 1)), bytes(range(ord("a"), ord("z") + 1)))
 _DROPPED = bytes(sorted(set(NORMALIZED_AWAY) - {ord("\n")}))
+# An answer's key also drops ASCII punctuation: "It left on Monday." and "it left on monday" are one answer.
+ANSWER_DROPPED = bytes(sorted(set(_DROPPED) | set(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")))
 HASH_SLICE_BYTES = 1 << 17  # the keys of this many bytes of rows are computed at once
 _AUTO_ID = re.compile(r"[0-9a-f]{16}")
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def line_hashes(lines: pa.Array) -> np.ndarray:
+def line_hashes(lines: pa.Array, dropped: bytes = _DROPPED) -> np.ndarray:
     """Return the 64-bit duplicate key of each valid UTF-8 string followed by a newline (and holding no other).
 
-    The rows are cleaned in one buffer and told apart by their newlines again.
+    The rows are cleaned in one buffer (lower-cased, ``dropped`` bytes removed) and told apart by
+    their newlines again.
     """
     data, _ = string_buffers(lines)
     if len(data) and data.max() >= 0x80:
@@ -46,7 +49,7 @@ def line_hashes(lines: pa.Array) -> np.ndarray:
         data = data.copy()
         data[escapes] = ord(" ")  # dropped below, like the other whitespace
         data[escapes + 1] = ord(" ")
-    text = data.tobytes().translate(_LOWER_ASCII, _DROPPED)
+    text = data.tobytes().translate(_LOWER_ASCII, dropped)
     hashes = np.empty(len(lines), dtype=np.uint64)
     row = start = 0
     while start < len(text):  # a slice at a time, so that the rows' bytes objects reuse the same memory

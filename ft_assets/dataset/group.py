@@ -32,7 +32,7 @@ import xxhash
 
 from ft_assets.compute_threads import available_cores
 from ft_assets.dataset.columnar import string_buffers
-from ft_assets.dataset.deduplicate import line_hashes
+from ft_assets.dataset.deduplicate import ANSWER_DROPPED, line_hashes
 from ft_assets.dataset.splitting import mix64
 
 SIGNATURE_BINS = 32
@@ -91,13 +91,13 @@ def word_counts(strings: pa.Array) -> np.ndarray:
 def answer_features(answers: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return, per answer, (its duplicate key or 0 when empty, its word count, its length in characters).
 
-    The key is the duplicate key of ``deduplicate``: answers equal up to case, whitespace and
-    markdown marks share it.
+    The key is the duplicate key of ``deduplicate`` with ASCII punctuation dropped too: answers
+    equal up to case, whitespace, markdown marks and punctuation share it.
     """
     words = word_counts(answers)
     chars = pc.utf8_length(answers).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
     flat = pc.replace_substring(pc.replace_substring(answers, "\n", " "), "\r", " ")
-    keys = line_hashes(pc.binary_join_element_wise(flat, "\n", ""))
+    keys = line_hashes(pc.binary_join_element_wise(flat, "\n", ""), ANSWER_DROPPED)
     keys[words == 0] = 0
     return keys, words, chars
 

@@ -56,6 +56,7 @@ MERGE_KEEP_BYTES = 32 * 1024 * 1024
 CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
+REPORT = "report.json"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
 GROUP_COLUMNS = [
     "norm_hash",
@@ -258,7 +259,7 @@ def _run_phases(
     out_dir.mkdir(parents=True, exist_ok=True)
     config = config or CleanConfig()
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".scan-") as scratch:
-        files = open_inputs(inputs, Path(scratch), labels)
+        files, ignored = open_inputs(inputs, Path(scratch), labels, skip=out_dir)
         tasks = [
             ChunkTask(n, index, str(path), start, end, scratch, config, files[index].split)
             for n, (index, path, start, end) in enumerate(plan_chunks(files, chunk_bytes))
@@ -280,6 +281,7 @@ def _run_phases(
                         sink.close()
                 targets, written = planned.result()
             written()
+    report["ignored_inputs"] = ignored
     report["config"] = asdict(config)
     return report, targets, tokens
 
@@ -328,6 +330,8 @@ def prep(
     split_config = split_config or SplitConfig()
     group_config = group_config or GroupConfig()
     grouping: dict[str, Any] = {}
+    for name in (*(f"{split}.jsonl" for split in SPLITS), REJECTED, REPORT):  # a failed run leaves no stale outputs
+        (out_dir / name).unlink(missing_ok=True)
 
     def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
         columns = scanned.kept_columns(GROUP_COLUMNS)
@@ -343,7 +347,7 @@ def prep(
     report["splits"] = {name: {"rows": int(rows[i]), "tokens": int(split_tokens[i])} for i, name in enumerate(SPLITS)}
     report["seed"] = split_config.seed
     report["grouping"] = grouping
-    (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    (out_dir / REPORT).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
 
 

@@ -56,21 +56,42 @@ def _describe(path: Path, head: bytes) -> str:
     return f"a {path.suffix or 'suffix-less'} file"
 
 
-def find_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Return the files named by ``inputs``: folders give their ``*.jsonl`` and ``*.json``, sorted per folder."""
+def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
+    """Return the files named by ``inputs`` (folders give their ``*.jsonl`` and ``*.json``, sorted per folder).
+
+    Also returns the files left out, each with why: one named a second time, or one a folder holds
+    inside ``skip`` (the output folder, whose files are no input).
+    """
     files: list[Path] = []
+    ignored: list[dict[str, str]] = []
+    seen: set[Path] = set()
+    skip = skip.resolve() if skip is not None else None
+
+    def add(path: Path) -> None:
+        resolved = path.resolve()
+        if resolved in seen:
+            ignored.append({"path": str(path), "why": "named more than once"})
+        else:
+            seen.add(resolved)
+            files.append(path)
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jsonl", ".json"))
+            inside = [p for p in found if skip is not None and p.resolve().is_relative_to(skip)]
+            ignored += [{"path": str(p), "why": "inside the output folder"} for p in inside]
+            found = [p for p in found if p not in inside]
             if not found:
-                raise PrepError(f"{path}: folder holds no .jsonl or .json file")
-            files.extend(found)
+                where = " outside the output folder" if inside else ""
+                raise PrepError(f"{path}: folder holds no .jsonl or .json file{where}")
+            for file in found:
+                add(file)
         elif path.is_file():
-            files.append(path)
+            add(path)
         else:
             raise PrepError(f"{path}: no such file or folder")
-    return files
+    return files, ignored
 
 
 def _json_file(path: Path, out: Path, head: bytes) -> str:
@@ -92,9 +113,14 @@ def _json_file(path: Path, out: Path, head: bytes) -> str:
     return "json_array"
 
 
-def open_inputs(inputs: Sequence[str | Path], scratch: Path, labels: Sequence[str] | None = None) -> list[InputFile]:
-    """Return every input as a JSONL file to scan (JSON arrays converted into ``scratch``)."""
-    files = find_files(inputs)
+def open_inputs(
+    inputs: Sequence[str | Path], scratch: Path, labels: Sequence[str] | None = None, skip: Path | None = None
+) -> tuple[list[InputFile], list[dict[str, str]]]:
+    """Return every input as a JSONL file to scan (JSON arrays converted into ``scratch``), and the files left out.
+
+    ``skip`` is the output folder: files a folder holds inside it are left out (see ``find_files``).
+    """
+    files, ignored = find_files(inputs, skip)
     names = list(labels) if labels is not None else [str(f) for f in files]
     if len(names) != len(files):
         raise ValueError(f"{len(names)} labels for {len(files)} input files")
@@ -117,7 +143,7 @@ def open_inputs(inputs: Sequence[str | Path], scratch: Path, labels: Sequence[st
             opened.append(InputFile(file, label, "jsonl", split))
         else:
             raise PrepError(f"{file}: {_describe(file, head)}, not JSONL (one JSON object per line) or a JSON array")
-    return opened
+    return opened, ignored
 
 
 def plan_chunks(files: Sequence[InputFile], chunk_bytes: int) -> list[tuple[int, Path, int, int]]:

@@ -73,7 +73,7 @@ def assign_splits(
     if rows < config.min_examples:
         raise SplitError(
             f"{rows} examples after cleaning; splitting needs at least {config.min_examples} "
-            f"({config.min_examples - rows} more), or lower min_examples"
+            f"({config.min_examples - rows} more), or lower min_examples (ft-assets prep: --min-examples)"
         )
     groups = len(group_key)
     sizes = np.bincount(group_of_row, minlength=groups)
