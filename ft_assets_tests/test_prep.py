@@ -104,6 +104,20 @@ def test_duplicates_point_at_their_first_occurrence(tmp_path):
     assert report["duplicates"] == 2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failure_while_accounting_for_rows_leaves_no_split_file(tmp_path, monkeypatch, workers):
+    import ft_assets.dataset.prep as prep_module
+
+    def full_disk(*args: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(prep_module, "_merge", full_disk)
+    rows = [chat(f"Invoice {i} from vendor {i * 7}", f"Category: C{i}") for i in range(400)]
+    with pytest.raises(OSError, match="No space"):
+        prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=workers, chunk_bytes=4096)
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_token_limit_is_configurable(tmp_path):
     rows = [chat("short", "Category: Travel"), chat("word " * 400, "Category: Travel")]
     path = write_jsonl(tmp_path / "in.jsonl", rows)

@@ -224,6 +224,12 @@ def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
+def fixed_width_matrix(values: pa.Array, width: int) -> np.ndarray:
+    """Return a fixed-size binary array (``width`` bytes a value) as a (rows x width) uint8 matrix, not copied."""
+    flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
+    return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
+
+
 def _byte_table(*groups: tuple[int, bytes | range]) -> np.ndarray:
     table = np.zeros(256, dtype=np.uint8)
     for flag, values in groups:

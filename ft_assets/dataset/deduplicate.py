@@ -2,14 +2,13 @@
 
 The duplicate key of a row hashes its canonical JSON lower-cased, with whitespace, its JSON
 escapes and markdown marks dropped, so examples differing only in those share a key. The first
-occurrence of a key is kept; a later one is an exact duplicate when its cleaned bytes equal the
-first's, else a normalized duplicate.
+occurrence of a key is kept; a later one is an exact duplicate when its cleaned content (its id
+aside) equals the first's, else a normalized duplicate.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -103,19 +102,14 @@ def find_duplicates(norm_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first_of != np.arange(n), first_of
 
 
-def exact_duplicates(duplicate: np.ndarray, first_of: np.ndarray, read_row: Callable[[int], bytes]) -> np.ndarray:
-    """Return, per row, whether it is a duplicate whose cleaned content equals its first occurrence's.
+def same_content(first: bytes, second: bytes) -> bool:
+    """Return whether two cleaned lines hold the same example, their ids left out.
 
-    ``read_row(i)`` returns the cleaned line of kept row ``i``; the example ids are left out of the
-    comparison (two copies of a row under two ids are still the same example).
+    Two copies of a row under two ids are still the same example.
     """
-    exact = np.zeros(len(duplicate), dtype=bool)
-    rows = np.flatnonzero(duplicate)
-
-    def content(row: int) -> dict:
-        value = orjson.loads(read_row(row))
-        value.pop("id", None)
-        return value
-
-    exact[rows] = [content(row) == content(int(first_of[row])) for row in rows.tolist()]
-    return exact
+    if first == second:
+        return True
+    one, other = orjson.loads(first), orjson.loads(second)
+    one.pop("id", None)
+    other.pop("id", None)
+    return one == other

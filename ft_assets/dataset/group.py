@@ -39,6 +39,7 @@ SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
 NEAR_DUPLICATE_REACH = 2
+BAND_THREADS = 2  # bands searched at once, where there are the cores
 PAIR_SLICE = 1 << 20  # rows compared at once in near_duplicate_pairs
 LONG_PROMPT_WORDS = 256  # prompts with more words are reduced one by one
 EMPTY_BIN = np.uint8(0xFF)
@@ -190,11 +191,11 @@ def band_key(signature: np.ndarray, band: int) -> np.ndarray:
 def stable_order(keys: np.ndarray) -> np.ndarray:
     """Return the indices that sort unsigned integer ``keys``, equal keys in index order.
 
-    The same order as ``np.argsort(keys, kind="stable")``, computed as a least-significant-first
-    radix sort of 16-bit digits: NumPy sorts 16-bit integers stably in linear time, 32- and 64-bit
-    ones with a comparison sort several times slower.
+    The same order as ``np.argsort(keys, kind="stable")`` (int32 where the rows allow), computed as a
+    least-significant-first radix sort of 16-bit digits: NumPy sorts 16-bit integers stably in
+    linear time, 32- and 64-bit ones with a comparison sort several times slower.
     """
-    index = np.int32 if len(keys) < 2**31 else np.int64  # half the memory of NumPy's int64 indices
+    index = np.int32 if len(keys) < 2**31 else np.int64  # the order kept between passes: 4 bytes a row
     order = np.argsort((keys & np.uint16(0xFFFF)).astype(np.uint16), kind="stable").astype(index)
     for shift in range(16, 8 * keys.dtype.itemsize, 16):
         digit = (keys[order] >> keys.dtype.type(shift)).astype(np.uint16)
@@ -252,13 +253,14 @@ def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.nd
     each of the next ``NEAR_DUPLICATE_REACH`` rows in that order form a pair when they share the
     key and at least ``threshold`` of their bins are equal. Pairs come band by band, nearest
     first. Rows are gathered in band order a slice at a time and neighbours compared by shifting.
-    Bands are searched on one thread per core (NumPy releases the GIL in its sorts and gathers).
+    Bands are searched ``BAND_THREADS`` at a time (NumPy releases the GIL in its sorts and gathers);
+    each holds about 30 bytes per row while it runs, so more threads would cost more memory.
     """
     if threshold <= 0 or not len(signature):
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     signature = np.ascontiguousarray(signature)
     needed = threshold * SIGNATURE_BINS - 1e-9
-    with ThreadPoolExecutor(min(available_cores(), BANDS)) as pool:
+    with ThreadPoolExecutor(min(available_cores(), BAND_THREADS)) as pool:
         pairs = list(pool.map(lambda band: _band_pairs(signature, band, needed), range(BANDS)))
     return np.concatenate([first for first, _ in pairs]), np.concatenate([second for _, second in pairs])
 

@@ -3,16 +3,18 @@
 The stages, each in its own module: read (``read``: files, JSON arrays, byte ranges), validate
 and clean (``validate``, per chunk on worker processes), deduplicate (``deduplicate``, on 64-bit
 keys), group and split (``group``, ``splitting``, on fixed-size numbers per row, on a second
-thread while this one writes the rejected rows and the index) and write (``write``: every
-chunk's surviving rows copied to their offset in the outputs, on the workers). Memory grows by
-about a hundred bytes per row; the rows themselves stay on disk.
+thread while this one writes the rejected rows) and write (``write``: every chunk's surviving
+rows copied to their offset in the outputs, on the workers). Memory grows by about 150 bytes
+per row (the grouping columns and the band search); the rows themselves stay on disk.
 """
 
 from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +31,12 @@ import pyarrow.compute as pc
 import xxhash
 
 from ft_assets.compute_threads import available_cores
-from ft_assets.dataset.deduplicate import exact_duplicates, find_duplicates
+from ft_assets.dataset.columnar import fixed_width_matrix
+from ft_assets.dataset.deduplicate import find_duplicates, same_content
 from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
 from ft_assets.dataset.read import NO_SPLIT, InputFile, PrepError, open_inputs, plan_chunks
-from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits
+from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits, require_examples
 from ft_assets.dataset.validate import (
     FIX_NAMES,
     FORMAT_CODES,
@@ -138,12 +141,11 @@ def _column(results: list[ChunkResult], name: str, keep: np.ndarray | None = Non
 
 def _signatures(arrays: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
     """Return the prompt signatures of fixed-size binary columns as one (rows x bins) uint8 matrix."""
-    parts = []
-    for array in arrays:
-        values = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-        flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
-        parts.append(flat[values.offset * SIGNATURE_BINS : (values.offset + len(values)) * SIGNATURE_BINS])
-    return (np.concatenate(parts) if parts else np.zeros(0, np.uint8)).reshape(-1, SIGNATURE_BINS)
+    parts = [
+        fixed_width_matrix(array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array, SIGNATURE_BINS)
+        for array in arrays
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, SIGNATURE_BINS), np.uint8)
 
 
 def _token_stats(tokens: np.ndarray) -> dict[str, float]:
@@ -249,12 +251,14 @@ def _run_phases(
     method: str,
     plan: Callable[[_Scanned], tuple[list[Path], np.ndarray]],
     write_index: bool,
+    check: Callable[[_Scanned], None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Read, scan, decide and write; return the report, each kept row's output and its tokens.
 
-    ``plan`` names the output files and the output of each kept row. It runs on a second thread
-    (mostly in NumPy, which releases the GIL) while this one accounts for every row, and the
-    workers start writing as soon as it returns. ``write_index`` writes ``cleaned.index.parquet``.
+    ``check`` may refuse the scanned rows before anything is written. ``plan`` names the output
+    files and the output of each kept row. It runs on a second thread (mostly in NumPy, which
+    releases the GIL) while this one accounts for every row, and the workers start writing as
+    soon as it returns, unless accounting failed. ``write_index`` writes ``cleaned.index.parquet``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     config = config or CleanConfig()
@@ -266,9 +270,14 @@ def _run_phases(
         ]
         with _workers(workers or available_cores(), len(tasks), method) as run:
             scanned = _scan(files, tasks, run, config)
+            if check is not None:
+                check(scanned)
+            failed = threading.Event()
 
             def plan_and_write() -> tuple[np.ndarray, Callable[[], list[Any]]]:
                 paths, targets = plan(scanned)
+                if failed.is_set():  # the rows could not be accounted for: write nothing
+                    return targets, list
                 return targets, scanned.write(run, paths, targets)
 
             with ThreadPoolExecutor(1) as planner:
@@ -276,6 +285,9 @@ def _run_phases(
                 sink = _CleanedIndex(out_dir) if write_index else None
                 try:
                     report, tokens = _merge(scanned, out_dir, sink)
+                except BaseException:
+                    failed.set()
+                    raise
                 finally:
                     if sink is not None:
                         sink.close()
@@ -333,15 +345,27 @@ def prep(
     for name in (*(f"{split}.jsonl" for split in SPLITS), REJECTED, REPORT):  # a failed run leaves no stale outputs
         (out_dir / name).unlink(missing_ok=True)
 
+    def check(scanned: _Scanned) -> None:
+        require_examples(int(np.count_nonzero(~scanned.duplicate)), split_config)
+
     def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
         columns = scanned.kept_columns(GROUP_COLUMNS)
         targets, report = plan_splits(columns, split_config, group_config)
         grouping.update(report)
-        return [out_dir / f"{name}.jsonl" for name in SPLITS], targets
+        return partial, targets
 
-    report, targets, tokens = _run_phases(
-        inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, plan, False
-    )
+    # The split files are written under temporary names and take their own once complete.
+    final = [out_dir / f"{name}.jsonl" for name in SPLITS]
+    partial = [path.with_name(f".{path.name}.partial") for path in final]
+    try:
+        report, targets, tokens = _run_phases(
+            inputs, out_dir, clean_config, None, workers, chunk_bytes, start_method, plan, False, check
+        )
+        for written, path in zip(partial, final, strict=True):
+            os.replace(written, path)
+    finally:
+        for path in partial:
+            path.unlink(missing_ok=True)
     rows = np.bincount(targets, minlength=3)
     split_tokens = np.bincount(targets, weights=tokens, minlength=3).astype(np.int64)
     report["splits"] = {name: {"rows": int(rows[i]), "tokens": int(split_tokens[i])} for i, name in enumerate(SPLITS)}
@@ -368,18 +392,22 @@ def _rejected_rows(result: ChunkResult, label: str, base: int, element: bool) ->
     return rows
 
 
-class _KeptRows:
-    """Where some kept rows are: their chunk, input line and bytes in the chunk's kept part (memory per row asked)."""
+class _FirstRows:
+    """The first occurrences of repeated rows: their chunk, input line and bytes in the chunk's kept part.
+
+    Memory grows with the rows asked for, not with every kept row.
+    """
 
     def __init__(self, results: list[ChunkResult], chunk_line_base: list[int], rows: np.ndarray) -> None:
-        self.results, self.rows = results, rows  # rows: sorted kept-row numbers
+        self.rows = rows  # sorted kept-row numbers
         first_row = np.cumsum([0] + [r.kept for r in results])
         self.chunk = np.searchsorted(first_row, rows, side="right") - 1
         self.lines = np.zeros(len(rows), np.int64)
         self.starts = np.zeros(len(rows), np.int64)
         self.sizes = np.zeros(len(rows), np.int64)
+        bounds = np.searchsorted(self.chunk, np.arange(len(results) + 1))
         for chunk in np.unique(self.chunk).tolist():
-            mine = np.flatnonzero(self.chunk == chunk)
+            mine = slice(bounds[chunk], bounds[chunk + 1])
             local = rows[mine] - first_row[chunk]
             columns = results[chunk].columns(["size", "line"])
             sizes = columns["size"]
@@ -387,21 +415,9 @@ class _KeptRows:
             self.starts[mine] = np.cumsum(sizes)[local] - sizes[local]
             self.lines[mine] = columns["line"][local] + chunk_line_base[chunk]
 
-    def _at(self, row: int) -> int:
-        return int(np.searchsorted(self.rows, row))
-
-    def line(self, row: int) -> int:
-        """Return the row's line in its input file."""
-        return int(self.lines[self._at(row)])
-
-    def file_index(self, row: int) -> int:
-        """Return the index of the row's input file."""
-        return self.results[int(self.chunk[self._at(row)])].task.file_index
-
-    def extent(self, row: int) -> tuple[int, int, int]:
-        """Return the row's chunk and the start and size of its cleaned line in the chunk's kept part."""
-        at = self._at(row)
-        return int(self.chunk[at]), int(self.starts[at]), int(self.sizes[at])
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """Return where each of ``rows`` (kept-row numbers asked for at the start) is in this object's arrays."""
+        return np.searchsorted(self.rows, rows)
 
 
 def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tuple[dict[str, Any], np.ndarray]:
@@ -426,19 +442,18 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
     long_answer = scanned.long_answer_limit()
     position = row = written_rejects = 0
     repeated = np.flatnonzero(duplicate)
-    located = _KeptRows(results, chunk_line_base, np.union1d(repeated, first_of[repeated]))
+    firsts = _FirstRows(results, chunk_line_base, np.unique(first_of[repeated]))
+    first_of_next = iter(firsts.at(first_of[repeated]).tolist())  # each repeated row's first occurrence, in order
     with open(out_dir / REJECTED, "wb") as rejected, ExitStack() as stack:
         sources = [stack.enter_context(open(f.path, "rb", buffering=0)) for f in files]
         parts: dict[int, Any] = {}
 
-        def read_row(row: int) -> bytes:
-            chunk, start, size = located.extent(row)
+        def cleaned(chunk: int, size: int, start: int) -> bytes:
             if chunk not in parts:
                 parts[chunk] = stack.enter_context(open(results[chunk].path("kept.jsonl"), "rb", buffering=0))
             return read_at(parts[chunk], size, start)
 
-        exact = exact_duplicates(duplicate, first_of, read_row)
-        for result, base in zip(results, chunk_line_base, strict=True):
+        for number, (result, base) in enumerate(zip(results, chunk_line_base, strict=True)):
             file_index = result.task.file_index
             label = files[file_index].label
             element = files[file_index].kind == "json_array"
@@ -446,18 +461,28 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
             table = result.index()
             dup = duplicate[row : row + result.kept]
             out_rows = _rejected_rows(result, label, base, element)
-            offsets, lengths = table["offset"].to_numpy(), table["length"].to_numpy()
-            for local in np.flatnonzero(dup).tolist():
-                first = first_of[row + local]
-                reason = "exact_duplicate" if exact[row + local] else "normalized_duplicate"
+            repeats = np.flatnonzero(dup).tolist()
+            if repeats:
+                offsets, lengths = table["offset"].to_numpy(), table["length"].to_numpy()
+                sizes, lines = table["size"].to_numpy(), table["line"].to_numpy()
+                starts = np.cumsum(sizes) - sizes
+            for local in repeats:
+                at = next(first_of_next)
+                first_chunk = int(firsts.chunk[at])
+                mine = cleaned(number, int(sizes[local]), int(starts[local]))
+                theirs = cleaned(first_chunk, int(firsts.sizes[at]), int(firsts.starts[at]))
+                reason = "exact_duplicate" if same_content(mine, theirs) else "normalized_duplicate"
                 reasons[reason] += 1
                 line = read_at(sources[file_index], int(lengths[local]), int(offsets[local]))
                 record: dict[str, Any] = {
                     "file": label,
-                    "line": located.line(row + local),
+                    "line": int(lines[local]) + base,
                     "reasons": [reason],
                     "raw": line.decode("utf-8", "backslashreplace"),
-                    "duplicate_of": {"file": files[located.file_index(first)].label, "line": located.line(first)},
+                    "duplicate_of": {
+                        "file": files[results[first_chunk].task.file_index].label,
+                        "line": int(firsts.lines[at]),
+                    },
                 }
                 if element:
                     record["element"] = record["line"] - 1

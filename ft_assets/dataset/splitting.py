@@ -59,6 +59,15 @@ def target_sizes(rows: int, ratios: tuple[float, float, float]) -> np.ndarray:
     return sizes
 
 
+def require_examples(rows: int, config: SplitConfig) -> None:
+    """Raise ``SplitError``, saying how many more are needed, when ``rows`` examples are too few to split."""
+    if rows < config.min_examples:
+        raise SplitError(
+            f"{rows} examples after cleaning; splitting needs at least {config.min_examples} "
+            f"({config.min_examples - rows} more), or lower min_examples (ft-assets prep: --min-examples)"
+        )
+
+
 def assign_splits(
     group_of_row: np.ndarray, group_key: np.ndarray, user_split: np.ndarray, config: SplitConfig
 ) -> tuple[np.ndarray, int]:
@@ -70,11 +79,7 @@ def assign_splits(
     validation before test), so it still never straddles two splits.
     """
     rows = len(group_of_row)
-    if rows < config.min_examples:
-        raise SplitError(
-            f"{rows} examples after cleaning; splitting needs at least {config.min_examples} "
-            f"({config.min_examples - rows} more), or lower min_examples (ft-assets prep: --min-examples)"
-        )
+    require_examples(rows, config)
     groups = len(group_key)
     sizes = np.bincount(group_of_row, minlength=groups)
     anchored = user_split != NO_SPLIT

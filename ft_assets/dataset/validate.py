@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import feather
 
-from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, string_buffers
+from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, fixed_width_matrix, string_buffers
 from ft_assets.dataset.deduplicate import hex_ids, label_hashes, line_hashes
 from ft_assets.dataset.formats import (
     CHAT_PASSTHROUGH_KEYS,
@@ -132,9 +132,7 @@ class ChunkTask:
 def _to_numpy(values: pa.Array) -> np.ndarray:
     """Return an index column as NumPy; a fixed-size binary column as a (rows x width) uint8 matrix."""
     if pa.types.is_fixed_size_binary(values.type):
-        width = values.type.byte_width
-        flat = np.frombuffer(values.buffers()[1], np.uint8) if len(values) else np.zeros(0, np.uint8)
-        return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
+        return fixed_width_matrix(values, values.type.byte_width)
     return values.to_numpy(zero_copy_only=False)
 
 
@@ -162,10 +160,6 @@ class ChunkResult:
         """Return index columns, read into memory with one read of the index (nothing stays mapped)."""
         table = feather.read_table(self.path("index.arrow"), columns=list(names), memory_map=False)
         return {name: _to_numpy(table[name].combine_chunks()) for name in names}
-
-    def column(self, name: str) -> np.ndarray:
-        """Return one index column, read into memory."""
-        return self.columns([name])[name]
 
     def path(self, suffix: str) -> Path:
         """Return the scratch file of this chunk with the given suffix."""
