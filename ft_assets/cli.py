@@ -108,6 +108,10 @@ def prep(
     except (PrepError, SplitError) as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)
+    if conflicts := report["grouping"]["user_split_conflicts"]:
+        groups = "1 group" if conflicts == 1 else f"{conflicts} groups"
+        click.echo(f"ft-assets prep: {groups} had rows pinned to different splits; each went to the first of "
+                   "them (train, validation, test)", err=True)  # fmt: skip
     for ignored in report["ignored_inputs"]:
         click.echo(f"ft-assets prep: ignored {ignored['path']} ({ignored['why']})", err=True)
     splits = ", ".join(f"{name} {info['rows']}" for name, info in report["splits"].items())

@@ -150,6 +150,11 @@ def test_json_arrays_are_read_with_element_positions(tmp_path):
         (4, ["example_missing_assistant_message"]),
         (9, ["data_type"]),
     ]
+    rows = [chat("Invoice from Acme", "Category: Travel"), chat("Invoice from Bolt", "Category: Rail")]
+    (tmp_path / "pair.json").write_text(json.dumps([rows[0], rows[1], rows[0]]), encoding="utf-8")
+    clean([tmp_path / "pair.json"], tmp_path / "pair")
+    (duplicate,) = read_jsonl(tmp_path / "pair" / REJECTED)
+    assert duplicate["element"] == 2 and duplicate["duplicate_of"]["element"] == 0
 
 
 def test_other_files_are_refused_with_one_line_that_says_what_they_are(tmp_path):
@@ -254,6 +259,19 @@ def test_code_keeps_its_characters_while_its_fences_go(tmp_path):
     first = read_jsonl(tmp_path / "out" / "cleaned.jsonl")[0]["messages"]
     assert first[1]["content"] == "Show __init__ in Python"
     assert first[2]["content"] == "# add one\ndef __init__(self):\n    return 2**3"
+
+
+def test_an_answer_ending_in_a_code_block_is_not_cut_off_but_one_ending_mid_sentence_is(tmp_path):
+    code = "Here is a function that adds two numbers for you:\n\n```python\ndef add(a, b):\n    return a + b\n```"
+    cut = "The invoice was paid late because the vendor sent it to the wrong"
+    rows = [
+        chat("Write add in Python", code),
+        chat("Why was it late?", cut),
+        *[chat(f"Q{i}", f"A{i}") for i in range(3)],
+    ]
+    report = clean([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", CleanConfig(suspicious="reject"))
+    assert report["by_reason"] == {"cut_off_answer": 1}
+    assert read_jsonl(tmp_path / "out" / REJECTED)[0]["line"] == 2
 
 
 def test_answers_equal_up_to_punctuation_and_case_share_a_group(tmp_path):

@@ -420,6 +420,11 @@ class _FirstRows:
         return np.searchsorted(self.rows, rows)
 
 
+def _position(file: InputFile, line: int) -> dict[str, Any]:
+    """Return where a row is: its file and line, and for a JSON array its element (from 0)."""
+    return {"file": file.label, "line": line, **({"element": line - 1} if file.kind == "json_array" else {})}
+
+
 def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tuple[dict[str, Any], np.ndarray]:
     """Write the rejected rows (and the kept rows' ``index``), in input order; count everything.
 
@@ -479,10 +484,7 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
                     "line": int(lines[local]) + base,
                     "reasons": [reason],
                     "raw": line.decode("utf-8", "backslashreplace"),
-                    "duplicate_of": {
-                        "file": files[results[first_chunk].task.file_index].label,
-                        "line": int(firsts.lines[at]),
-                    },
+                    "duplicate_of": _position(files[results[first_chunk].task.file_index], int(firsts.lines[at])),
                 }
                 if element:
                     record["element"] = record["line"] - 1

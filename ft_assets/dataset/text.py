@@ -26,6 +26,7 @@ CUT_OFF_MIN_WORDS = 8
 SENTENCE_ENDS = frozenset(".!?)]}\"'`:;>*|\u2026\u201d\u2019\u00bb\u3002\uff01\uff1f")
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)[^\n`]*$\n?", re.MULTILINE)
+_CLOSING_FENCE = re.compile(r"\n[ \t]*(?:```|~~~)[ \t]*\s*\Z")
 _FENCED_BLOCK = re.compile(r"^[ \t]*(```|~~~)[^\n`]*\n(.*?\n?)^[ \t]*\1[ \t]*$\n?", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _RULE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$\n?", re.MULTILINE)
@@ -103,6 +104,12 @@ def word_count(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def looks_cut_off(answer: str) -> bool:
-    """Return whether a free-text answer (``CUT_OFF_MIN_WORDS`` or more) stops mid-sentence."""
+def looks_cut_off(answer: str, written: str) -> bool:
+    """Return whether a free-text answer (``CUT_OFF_MIN_WORDS`` or more) stops mid-sentence.
+
+    ``answer`` is the cleaned answer, ``written`` the answer as written: one that ends with a
+    fenced code block ends in code, not mid-sentence, even once its fence is stripped.
+    """
+    if _CLOSING_FENCE.search(written):
+        return False
     return bool(answer) and answer[-1] not in SENTENCE_ENDS and word_count(answer) >= CUT_OFF_MIN_WORDS

@@ -261,6 +261,12 @@ def clean_row(
     )
 
 
+def written_answer(row: dict[str, Any], fmt: str) -> str:
+    """Return a valid row's answer as written, before cleaning (the last assistant turn of its output)."""
+    answers = _text(row["messages"] if fmt == "chat" else row["preferred_output"], "assistant")
+    return answers[-1] if answers else ""
+
+
 def _content_length(messages: list[dict[str, Any]]) -> int:
     return sum(len(m.get("content") or "") for m in messages)
 
@@ -344,7 +350,7 @@ def scan_line(
         fixes |= cleaning
         if cleaning:  # what cleaning left must still be valid (a turn of debris only is now empty)
             errors |= check_chat(payload) if fmt == "chat" else check_preference(payload)
-        if looks_cut_off(answer):
+        if looks_cut_off(answer, written_answer(row, fmt)):
             quality |= QUALITY_CUT_OFF
         tokens = estimate_tokens(_content_length(messages), len(messages))
         if tokens > config.max_tokens:
