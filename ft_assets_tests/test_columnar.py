@@ -121,6 +121,7 @@ def test_fast_path_defers_what_it_cannot_tell():
         '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"extra":null}',
         '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"---"}]}',
         '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}],"split":["train"]}',
+        '{"messages":[{"role":"user","content":"c"},{"role":"assistant","content":"d"}],"split":"TEST"}',
     ]
     fast, reference = _scan_both([r.encode() for r in rows], CleanConfig())
     assert fast == reference

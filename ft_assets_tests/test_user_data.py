@@ -320,3 +320,14 @@ def test_out_of_range_options_are_refused_without_a_traceback(tmp_path, option):
     write_jsonl(tmp_path / "rows.jsonl", [chat("Invoice 1", "Category: a")])
     result = CliRunner().invoke(main, ["prep", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "out"), *option])
     assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_split_names_in_any_case_pin_their_rows(tmp_path):
+    rows = [chat(f"Invoice {i} from vendor {i * 3}", f"Category: C{i}") for i in range(12)]
+    rows[0]["split"], rows[1]["split"], rows[2]["split"] = "TEST", "Validation", "tesT"
+    rows[3]["split"] = "testing"
+    report = prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out")
+    assert report["by_reason"] == {"invalid_split": 1}
+    ids = {name: {r["messages"][1]["content"] for r in split} for name, split in _splits(tmp_path / "out").items()}
+    assert {"Invoice 0 from vendor 0", "Invoice 2 from vendor 6"} <= ids["test"]
+    assert "Invoice 1 from vendor 3" in ids["validation"]

@@ -43,7 +43,7 @@ REASONS: dict[str, str] = {
     "identical_outputs": "preferred and non-preferred outputs are the same",
     "invalid_id": "'id' is not a non-empty string or an integer",
     "invalid_group": "'group' is not a non-empty string or an integer",
-    "invalid_split": "'split' is not train, validation (valid, val, dev) or test",
+    "invalid_split": "'split' is not train, validation (valid, val, dev) or test, in any case",
     "leaked_followup": "the answer goes on with a new question (suspicious: reject)",
     "cut_off_answer": "a free-text answer stops mid-sentence (suspicious: reject)",
     "too_many_tokens": "more tokens than the configured limit",

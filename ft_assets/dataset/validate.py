@@ -300,7 +300,9 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
             errors.add("invalid_group")
     source_id = row.get("source_id")
     split = row.get("split")
-    if split is not None and (type(split) is not str or split not in SPLIT_NAMES):
+    if type(split) is str and split.lower() in SPLIT_NAMES:
+        split = split.lower()  # "Test" names the test split, as a folder named Test does
+    elif split is not None:
         errors.add("invalid_split")
     return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id), split
 
