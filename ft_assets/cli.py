@@ -14,13 +14,16 @@ from ft_assets.run_command import run
 
 
 def _ratios(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, float, float]:
+    from ft_assets.dataset.splitting import SplitConfig
+
     try:
         parts = tuple(float(x) for x in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected three numbers like 0.8,0.1,0.1, got {value!r}") from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise click.BadParameter(f"expected three non-negative numbers summing to 1, got {value!r}")
-    return parts  # type: ignore[return-value]
+    try:
+        return SplitConfig(ratios=parts).ratios  # type: ignore[arg-type]
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.group()

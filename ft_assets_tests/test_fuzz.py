@@ -34,6 +34,12 @@ SEED_ROWS = [
         "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}],
         "split": "test",
     },
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Two"}, {"type": "text", "text": "parts"}]},
+            {"role": "assistant", "content": "Joined."},
+        ]
+    },
 ]
 SEED_LINES = [json.dumps(row, ensure_ascii=False).encode() for row in SEED_ROWS]
 INSERTS = [

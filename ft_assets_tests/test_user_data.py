@@ -191,6 +191,51 @@ def test_bare_list_preference_input_is_normalized(tmp_path):
     assert all(isinstance(row["input"], dict) for row in read_jsonl(tmp_path / "cleaned.jsonl"))
 
 
+def test_text_parts_are_joined_and_other_parts_rejected(tmp_path):
+    def parts(*texts: str) -> list[dict]:
+        return [{"type": "text", "text": t} for t in texts]
+
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": parts("What is a ledger?", "Be brief.")},
+                {"role": "assistant", "content": "Accounts."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [*parts("Describe it."), image]},
+                {"role": "assistant", "content": "A cat."},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": parts("Red")}]},
+        {
+            "input": [{"role": "user", "content": parts("Pick one.")}],
+            "preferred_output": [{"role": "assistant", "content": "A"}],
+            "non_preferred_output": [{"role": "assistant", "content": parts("B")}],
+        },
+    ]
+    report = clean([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out")
+    assert (report["kept"], report["rejected"]) == (3, 1)
+    assert report["fixes"] == {"joined_text_parts": 3, "input_list_to_messages": 1}
+    assert [r["reasons"] for r in read_jsonl(tmp_path / "out" / REJECTED)] == [["non_text_content"]]
+    kept = read_jsonl(tmp_path / "out" / "cleaned.jsonl")
+    contents = [m["content"] for row in kept for m in row.get("messages", row.get("input", {}).get("messages", []))]
+    assert "What is a ledger?\nBe brief." in contents and "Red" in contents
+    assert all(isinstance(c, str) for c in contents)
+
+
+def test_a_train_ratio_of_zero_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="train ratio must be above 0"):
+        SplitConfig(ratios=(0.0, 0.5, 0.5))
+    result = CliRunner().invoke(
+        main, ["prep", str(FIXTURES / "glossary_qa.jsonl"), "--out", str(tmp_path), "--ratios", "0,0.5,0.5"]
+    )
+    assert result.exit_code == 2 and "train ratio must be above 0" in result.output
+    assert not (tmp_path / "train.jsonl").exists()
+
+
 def test_split_rows_carry_their_example_id_and_dropped_keys_are_fixes(tmp_path):
     rows = [chat(f"Q{i}", f"A{i}", id=f"row-{i}", note="internal") for i in range(12)]
     report = prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=1)

@@ -30,6 +30,7 @@ REASONS: dict[str, str] = {
     "message_unrecognized_key": "a message has a key the API does not accept",
     "unrecognized_role": "a role other than system, user, assistant, tool, function",
     "missing_content": "a message's content is missing or not a string",
+    "non_text_content": "a message's content has parts other than text (images, audio, files)",
     "empty_content": "a message's content is empty or whitespace",
     "invalid_weight": "a message's weight is not 0 or 1",
     "system_not_first": "a system message after the first position",
@@ -61,6 +62,40 @@ def detect_format(row: Any) -> Format | None:
     return "chat"
 
 
+def joined_text_parts(content: Any) -> str | None:
+    """Return content written as OpenAI text parts (``[{"type": "text", "text": ...}, ...]``) as one string.
+
+    The parts are joined by a newline. None when ``content`` is anything else, including parts of
+    another type (an image, audio, a file), which training here cannot use.
+    """
+    if type(content) is not list or not content:
+        return None
+    texts = []
+    for part in content:
+        if type(part) is not dict or part.get("type") != "text" or type(part.get("text")) is not str:
+            return None
+        if len(part) != 2:
+            return None
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def join_content_parts(messages: Any) -> tuple[Any, bool]:
+    """Return a message list with text-part contents joined into strings, and whether any were."""
+    if type(messages) is not list:
+        return messages, False
+    joined = False
+    out = []
+    for message in messages:
+        text = joined_text_parts(message.get("content")) if type(message) is dict else None
+        if text is None:
+            out.append(message)
+        else:
+            out.append({**message, "content": text})
+            joined = True
+    return out, joined
+
+
 def check_message(message: Any, errors: set[str]) -> None:
     """Add the reasons why one message is malformed to ``errors``."""
     if not isinstance(message, dict):
@@ -78,6 +113,8 @@ def check_message(message: Any, errors: set[str]) -> None:
     if isinstance(content, str):
         if not content.strip():
             errors.add("empty_content")
+    elif type(content) is list and content and all(type(p) is dict for p in content):
+        errors.add("non_text_content")  # text-only parts were joined before the check
     elif not has_call:
         errors.add("missing_content")
     weight = message.get("weight")

@@ -36,6 +36,10 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {self.ratios}")
+        if self.ratios[0] == 0:
+            raise ValueError(
+                f"the train ratio must be above 0: a model cannot be fine-tuned on no rows, got {self.ratios}"
+            )
         if self.min_examples < 1:
             raise ValueError(f"min_examples must be at least 1, got {self.min_examples}")
 

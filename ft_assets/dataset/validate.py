@@ -32,6 +32,7 @@ from ft_assets.dataset.formats import (
     check_chat,
     check_preference,
     detect_format,
+    join_content_parts,
     label_of,
 )
 from ft_assets.dataset.group import SIGNATURE_BINS, answer_features, free_text_answers, prompt_signatures
@@ -45,6 +46,7 @@ FIX_NEWLINES = 4
 FIX_DROPPED_KEYS = 8
 FIX_INPUT_LIST = 16
 FIX_FOLLOWUP = 32
+FIX_CONTENT_PARTS = 64
 FIX_NAMES = {
     FIX_WHITESPACE: "trimmed_whitespace",
     FIX_MARKDOWN: "stripped_markdown",
@@ -52,6 +54,7 @@ FIX_NAMES = {
     FIX_DROPPED_KEYS: "dropped_top_level_keys",
     FIX_INPUT_LIST: "input_list_to_messages",
     FIX_FOLLOWUP: "cut_leaked_followup",
+    FIX_CONTENT_PARTS: "joined_text_parts",
 }
 # Data-quality flags of a kept row; ``answer_too_long`` is decided across rows, by ``prep``.
 QUALITY_FOLLOWUP = 1
@@ -307,6 +310,27 @@ def _labels(row: dict[str, Any], errors: set[str]) -> tuple[str | None, str | No
     return example_id or None, group_id or None, source_id if source_id is None else label_of(source_id), split
 
 
+def _join_text_parts(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
+    """Return the row with every message's text-part content joined into a string, and whether any was."""
+    if fmt == "chat":
+        messages, joined = join_content_parts(row.get("messages"))
+        return ({**row, "messages": messages} if joined else row), joined
+    source = row.get("input")
+    messages, joined_input = join_content_parts(source.get("messages") if type(source) is dict else None)
+    preferred, joined_preferred = join_content_parts(row.get("preferred_output"))
+    rejected, joined_rejected = join_content_parts(row.get("non_preferred_output"))
+    if not (joined_input or joined_preferred or joined_rejected):
+        return row, False
+    row = {**row}
+    if joined_input:
+        row["input"] = {**source, "messages": messages}
+    if joined_preferred:
+        row["preferred_output"] = preferred
+    if joined_rejected:
+        row["non_preferred_output"] = rejected
+    return row, True
+
+
 def scan_line(
     line: bytes, number: int, config: CleanConfig, reasons: Counter[str], rejected: list[bytes]
 ) -> ScannedRow | None:
@@ -331,6 +355,9 @@ def scan_line(
     if fmt == "preference" and type(row.get("input")) is list:
         row = {**row, "input": {"messages": row["input"]}}
         fixes |= FIX_INPUT_LIST
+    row, joined = _join_text_parts(row, fmt)
+    if joined:
+        fixes |= FIX_CONTENT_PARTS
     known = (
         (LABEL_KEYS | set(CHAT_PASSTHROUGH_KEYS) | {"messages"})
         if fmt == "chat"
