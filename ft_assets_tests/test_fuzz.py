@@ -246,8 +246,11 @@ def paraphrases(draw: st.DrawFn) -> list[str | None]:
     long_words=st.sampled_from([2, 5, 256]),
     pair_slice=st.sampled_from([1, 3, 1 << 20]),
     ascii_only=st.booleans(),
+    parallel_bands_memory=st.sampled_from([0, 256 << 20]),
 )
-def test_grouping_matches_a_plain_reference(prompts, threshold, long_words, pair_slice, ascii_only):
+def test_grouping_matches_a_plain_reference(
+    prompts, threshold, long_words, pair_slice, ascii_only, parallel_bands_memory
+):
     import numpy as np
     import pyarrow as pa
 
@@ -255,13 +258,18 @@ def test_grouping_matches_a_plain_reference(prompts, threshold, long_words, pair
 
     if ascii_only:
         prompts = [p.encode("ascii", "ignore").decode() if p is not None else None for p in prompts]
-    saved = group.LONG_PROMPT_WORDS, group.PAIR_SLICE
-    group.LONG_PROMPT_WORDS, group.PAIR_SLICE = long_words, pair_slice  # exercise both reductions and slicing
+    saved = group.LONG_PROMPT_WORDS, group.PAIR_SLICE, group.PARALLEL_BANDS_MEMORY
+    # exercise both reductions, slicing, and bands searched one at a time or at once
+    group.LONG_PROMPT_WORDS, group.PAIR_SLICE, group.PARALLEL_BANDS_MEMORY = (
+        long_words,
+        pair_slice,
+        parallel_bands_memory,
+    )
     try:
         signature = group.prompt_signatures(pa.array(prompts, pa.string()))
         first, second = group.near_duplicate_pairs(signature, threshold)
     finally:
-        group.LONG_PROMPT_WORDS, group.PAIR_SLICE = saved
+        group.LONG_PROMPT_WORDS, group.PAIR_SLICE, group.PARALLEL_BANDS_MEMORY = saved
     expected = [reference_signature(p) for p in prompts]
     assert [bytes(row) for row in signature] == expected
     pairs = reference_near_duplicate_pairs(expected, threshold)

@@ -39,7 +39,9 @@ SIGNATURE_BINS = 32
 BANDS = 8
 # Rows sharing a band are compared with the next few in band order, not only the next one.
 NEAR_DUPLICATE_REACH = 2
-BAND_THREADS = 2  # bands searched at once, where there are the cores
+BAND_THREADS = 2  # bands searched at once, where there are the cores and the memory
+BAND_BYTES_PER_ROW = 30  # what one band's search holds per row while it runs
+PARALLEL_BANDS_MEMORY = 256 << 20  # bands are searched at once only while together they hold less
 PAIR_SLICE = 1 << 20  # rows compared at once in near_duplicate_pairs
 LONG_PROMPT_WORDS = 256  # prompts with more words are reduced one by one
 EMPTY_BIN = np.uint8(0xFF)
@@ -253,14 +255,18 @@ def near_duplicate_pairs(signature: np.ndarray, threshold: float) -> tuple[np.nd
     each of the next ``NEAR_DUPLICATE_REACH`` rows in that order form a pair when they share the
     key and at least ``threshold`` of their bins are equal. Pairs come band by band, nearest
     first. Rows are gathered in band order a slice at a time and neighbours compared by shifting.
-    Bands are searched ``BAND_THREADS`` at a time (NumPy releases the GIL in its sorts and gathers);
-    each holds about 30 bytes per row while it runs, so more threads would cost more memory.
+    Bands are searched ``BAND_THREADS`` at a time (NumPy releases the GIL in its sorts and gathers)
+    while their working memory (``BAND_BYTES_PER_ROW`` each) stays under ``PARALLEL_BANDS_MEMORY``,
+    one at a time beyond (about 4 million rows), so memory stays bounded at tens of millions of rows.
     """
     if threshold <= 0 or not len(signature):
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     signature = np.ascontiguousarray(signature)
     needed = threshold * SIGNATURE_BINS - 1e-9
-    with ThreadPoolExecutor(min(available_cores(), BAND_THREADS)) as pool:
+    threads = min(available_cores(), BAND_THREADS)
+    if threads * BAND_BYTES_PER_ROW * len(signature) > PARALLEL_BANDS_MEMORY:
+        threads = 1
+    with ThreadPoolExecutor(threads) as pool:
         pairs = list(pool.map(lambda band: _band_pairs(signature, band, needed), range(BANDS)))
     return np.concatenate([first for first, _ in pairs]), np.concatenate([second for _, second in pairs])
 
