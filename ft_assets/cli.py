@@ -98,16 +98,12 @@ def prep(
     config = CleanConfig(format=fmt, max_tokens=max_tokens, strip_markdown=not keep_markdown, suspicious=suspicious)
     split_config = SplitConfig(seed=seed, ratios=ratios, min_examples=min_examples)
     try:
+        group_config = GroupConfig(group_by_answer, near_duplicates)
+    except ValueError as error:  # NaN passes click's range check
+        raise click.BadParameter(str(error), param_hint="--near-duplicates") from None
+    try:
         # This process has started no threads yet, so its workers can be forked directly (where fork exists).
-        report = run_prep(
-            inputs,
-            out_dir,
-            config,
-            split_config,
-            GroupConfig(group_by_answer, near_duplicates),
-            workers=workers,
-            start_method="fork",
-        )
+        report = run_prep(inputs, out_dir, config, split_config, group_config, workers=workers, start_method="fork")
     except (PrepError, SplitError) as error:
         click.echo(f"ft-assets prep: {error}", err=True)
         sys.exit(2)
@@ -115,6 +111,8 @@ def prep(
         groups = "1 group" if conflicts == 1 else f"{conflicts} groups"
         click.echo(f"ft-assets prep: {groups} had rows pinned to different splits; each went to the first of "
                    "them (train, validation, test)", err=True)  # fmt: skip
+    for warning in report["warnings"]:
+        click.echo(f"ft-assets prep: {warning}", err=True)
     for ignored in report["ignored_inputs"]:
         click.echo(f"ft-assets prep: ignored {ignored['path']} ({ignored['why']})", err=True)
     splits = ", ".join(f"{name} {info['rows']}" for name, info in report["splits"].items())

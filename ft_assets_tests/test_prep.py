@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ft_assets.cli import main
-from ft_assets.dataset.prep import CLEANED, CLEANED_INDEX, REJECTED, SplitConfig, clean, prep, split
+from ft_assets.dataset.prep import CLEANED, CLEANED_INDEX, LOCK, REJECTED, SplitConfig, clean, prep, split
 from ft_assets.dataset.validate import CleanConfig
 from ft_assets_tests.conftest import ROOT, chat, read_jsonl, write_jsonl
 
@@ -115,7 +115,7 @@ def test_a_failure_while_accounting_for_rows_leaves_no_split_file(tmp_path, monk
     rows = [chat(f"Invoice {i} from vendor {i * 7}", f"Category: C{i}") for i in range(400)]
     with pytest.raises(OSError, match="No space"):
         prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=workers, chunk_bytes=4096)
-    assert not list((tmp_path / "out").iterdir())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK]  # only the lock that kept other runs out
 
 
 def test_token_limit_is_configurable(tmp_path):
@@ -225,7 +225,7 @@ def test_prep_cli_writes_the_promised_files_byte_identically(shipped_raw, tmp_pa
     assert sum(s["rows"] for s in report["splits"].values()) == report["kept"]
     for row in read_jsonl(tmp_path / "a" / "rejected.jsonl"):
         assert {"file", "line", "reasons", "raw"} <= set(row)
-    assert not list((tmp_path / "a").glob(".*")), "scratch folders are cleaned up"
+    assert [p.name for p in (tmp_path / "a").glob(".*")] == [LOCK], "scratch folders are cleaned up"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ft_assets.cli import main
-from ft_assets.dataset.prep import REJECTED, GroupConfig, SplitConfig, SplitError, clean, overlaps, prep, split
+from ft_assets.dataset.prep import LOCK, REJECTED, GroupConfig, SplitConfig, SplitError, clean, overlaps, prep, split
 from ft_assets.dataset.validate import CleanConfig
 from ft_assets_tests.conftest import chat, read_jsonl, write_jsonl
 
@@ -341,7 +341,8 @@ def test_a_failed_run_leaves_no_stale_outputs(tmp_path):
     prep([tmp_path / "many.jsonl"], tmp_path / "out")
     with pytest.raises(SplitError):
         prep([tmp_path / "few.jsonl"], tmp_path / "out")
-    assert not list((tmp_path / "out").iterdir())  # refused before writing: nothing of either run is left
+    # refused before writing: nothing of either run is left, only the lock that kept other runs out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK]
 
 
 def test_an_output_folder_inside_an_input_folder_and_files_named_twice_are_left_out(tmp_path):
@@ -376,3 +377,80 @@ def test_split_names_in_any_case_pin_their_rows(tmp_path):
     ids = {name: {r["messages"][1]["content"] for r in split} for name, split in _splits(tmp_path / "out").items()}
     assert {"Invoice 0 from vendor 0", "Invoice 2 from vendor 6"} <= ids["test"]
     assert "Invoice 1 from vendor 3" in ids["validation"]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_writes(tmp_path):
+    from filelock import FileLock
+
+    from ft_assets.dataset.prep import PrepError
+
+    rows = write_jsonl(tmp_path / "rows.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)])
+    (tmp_path / "out").mkdir()
+    with FileLock(tmp_path / "out" / LOCK):  # what a running prep holds
+        with pytest.raises(PrepError, match="another ft-assets prep is writing there"):
+            prep([rows], tmp_path / "out")
+        result = CliRunner().invoke(main, ["prep", str(rows), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert prep([rows], tmp_path / "out")["kept"] == 20  # the lock is let go with its holder
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_one_line_error(tmp_path):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [chat(f"Invoice {i}", f"Category: c{i}") for i in range(20)])
+    result = CliRunner().invoke(main, ["prep", str(rows), "--out", str(tmp_path / "rows.jsonl" / "sub")])
+    assert result.exit_code == 2 and "cannot be made an output folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--ratios", "nan,0.5,0.5"), ("--ratios", "0.8,nan,0.2"), ("--near-duplicates", "nan")]
+)
+def test_nan_options_are_refused(tmp_path, option, value):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [chat(f"Invoice {i}", f"Category: c{i}") for i in range(20)])
+    result = CliRunner().invoke(main, ["prep", str(rows), "--out", str(tmp_path / "out"), option, value])
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_train_gets_a_group_at_a_tiny_ratio_and_pinning_everything_elsewhere_is_refused(tmp_path):
+    rows = [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)]
+    report = prep(
+        [write_jsonl(tmp_path / "rows.jsonl", rows)],
+        tmp_path / "tiny",
+        split_config=SplitConfig(ratios=(1e-9, 0.5, 0.5)),
+    )
+    assert report["splits"]["train"]["rows"] == 1
+    pinned = [{**row, "split": "test" if i % 2 else "validation"} for i, row in enumerate(rows)]
+    with pytest.raises(SplitError, match="every example is pinned to validation or test"):
+        prep([write_jsonl(tmp_path / "pinned.jsonl", pinned)], tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK]  # its rejected.jsonl is gone too
+
+
+def test_a_folder_lists_the_files_it_does_not_read(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "rows.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)])
+    (data / "faq.csv").write_text("question,answer\nWhat?,That.\n")
+    (data / ".DS_Store").write_bytes(b"\x00\x01")
+    report = prep([data], tmp_path / "out")
+    assert report["ignored_inputs"] == [{"path": str(data / "faq.csv"), "why": "not a .jsonl or .json file"}]
+
+
+def test_a_json_array_saved_as_jsonl_is_read_as_an_array(tmp_path):
+    rows = [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(12)]
+    (tmp_path / "rows.jsonl").write_text(json.dumps(rows, indent=2))
+    report = prep([tmp_path / "rows.jsonl"], tmp_path / "out")
+    assert (report["read"], report["kept"], report["files"][0]["kind"]) == (12, 12, "json_array")
+
+
+def test_a_file_that_gives_nothing_says_why_and_what_it_looks_like(tmp_path):
+    import gzip
+
+    rows = [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)]
+    good = write_jsonl(tmp_path / "good.jsonl", rows)
+    packed = tmp_path / "packed.jsonl"
+    packed.write_bytes(gzip.compress(good.read_bytes()))
+    report = prep([good, packed], tmp_path / "out")
+    assert report["kept"] == 20
+    [warning] = report["warnings"]
+    assert warning.startswith(f"{packed}: none of its") and "gzip-compressed" in warning
+    with pytest.raises(SplitError, match=r"read \d+ rows, rejected \d+: invalid_utf8 .*gzip-compressed"):
+        prep([packed], tmp_path / "out")

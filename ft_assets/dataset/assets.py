@@ -203,11 +203,8 @@ def cleaned_examples(
         f"cleaned_examples: read {report['read']} = kept {report['kept']} + rejected {report['rejected']} "
         f"({report['duplicates']} duplicates)"
     )
-    for entry in report["files"]:
-        if entry["kept"] == 0:
-            context.log.warning(
-                f"cleaned_examples: {entry['path']} contributed no example ({entry['read']} lines read)"
-            )
+    for warning in report["warnings"]:
+        context.log.warning(f"cleaned_examples: {warning}")
     if report["quality"]:
         context.log.warning(f"cleaned_examples: suspicious rows flagged: {report['quality']} (see data_quality)")
     recorded = lineage.record(context, ref, [raw_examples, synthetic_examples], config)

@@ -29,13 +29,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
+from filelock import FileLock, Timeout
 
 from ft_assets.compute_threads import available_cores
 from ft_assets.dataset.columnar import fixed_width_matrix
 from ft_assets.dataset.deduplicate import find_duplicates, same_content
 from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
-from ft_assets.dataset.read import NO_SPLIT, InputFile, PrepError, open_inputs, plan_chunks
+from ft_assets.dataset.read import NO_SPLIT, InputFile, PrepError, binary_kind, open_inputs, plan_chunks
 from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits, require_examples
 from ft_assets.dataset.validate import (
     FIX_NAMES,
@@ -60,6 +61,7 @@ CLEANED = "cleaned.jsonl"
 CLEANED_INDEX = "cleaned.index.parquet"
 REJECTED = "rejected.jsonl"
 REPORT = "report.json"
+LOCK = ".prep.lock"
 MEMBER_COLUMNS = ["example_id", "group_id", "source_id", "file", "line", "tokens", "norm_hash"]
 GROUP_COLUMNS = [
     "norm_hash",
@@ -339,14 +341,68 @@ def prep(
     Kept rows go straight into the split files: the same rows, order and assignment as
     ``clean`` followed by ``split``, without ``cleaned.jsonl`` in between.
     """
-    split_config = split_config or SplitConfig()
-    group_config = group_config or GroupConfig()
+    with locked_output(out_dir):
+        return _prep(inputs, out_dir, clean_config, split_config or SplitConfig(), group_config or GroupConfig(),
+                     workers, chunk_bytes, start_method)  # fmt: skip
+
+
+@contextmanager
+def locked_output(out_dir: Path) -> Iterator[None]:
+    """Create ``out_dir`` and hold its lock while a run writes there; raise ``PrepError`` if another run holds it.
+
+    The lock (``.prep.lock``, an OS file lock through ``filelock``) is let go by the OS when a
+    run is killed, so a crash never leaves the folder locked.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PrepError(f"{out_dir}: cannot be made an output folder ({error.strerror or error})") from None
+    lock = FileLock(out_dir / LOCK, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PrepError(
+            f"{out_dir}: another ft-assets prep is writing there; wait for it or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _prep(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    clean_config: CleanConfig | None,
+    split_config: SplitConfig,
+    group_config: GroupConfig,
+    workers: int | None,
+    chunk_bytes: int,
+    start_method: str,
+) -> dict[str, Any]:
     grouping: dict[str, Any] = {}
-    for name in (*(f"{split}.jsonl" for split in SPLITS), REJECTED, REPORT):  # a failed run leaves no stale outputs
-        (out_dir / name).unlink(missing_ok=True)
+    outputs = [out_dir / name for name in (*(f"{split}.jsonl" for split in SPLITS), REJECTED, REPORT)]
+    for path in outputs:  # a failed run leaves no stale outputs
+        path.unlink(missing_ok=True)
 
     def check(scanned: _Scanned) -> None:
-        require_examples(int(np.count_nonzero(~scanned.duplicate)), split_config)
+        kept = int(np.count_nonzero(~scanned.duplicate))
+        if kept >= split_config.min_examples:
+            return
+        reasons: Counter[str] = Counter()
+        by_file = [Counter() for _ in scanned.files]
+        counts = [[0, 0] for _ in scanned.files]
+        for result in scanned.results:
+            reasons.update(result.reasons)
+            by_file[result.task.file_index].update(result.reasons)
+            counts[result.task.file_index][0] += result.lines
+            counts[result.task.file_index][1] += result.kept
+        if duplicates := int(scanned.duplicate.sum()):
+            reasons["duplicate"] += duplicates
+        read = sum(r.lines for r in scanned.results)
+        detail = [f"read {read} rows, rejected {read - kept}" + (f": {_top_reasons(reasons)}" if reasons else "")]
+        detail += nothing_kept(scanned.files, [(r, k) for r, k in counts], by_file)
+        require_examples(kept, split_config, "; ".join(detail))
 
     def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
         columns = scanned.kept_columns(GROUP_COLUMNS)
@@ -363,6 +419,10 @@ def prep(
         )
         for written, path in zip(partial, final, strict=True):
             os.replace(written, path)
+    except BaseException:
+        for path in outputs:  # nor any of its own
+            path.unlink(missing_ok=True)
+        raise
     finally:
         for path in partial:
             path.unlink(missing_ok=True)
@@ -443,6 +503,7 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
     formats: Counter[str] = Counter()
     quality_rows: list[dict[str, Any]] = []
     per_file = [{"path": f.label, "kind": f.kind, "read": 0, "kept": 0, "rejected": 0} for f in files]
+    file_reasons: list[Counter[str]] = [Counter() for _ in files]
     tokens_kept = []
     long_answer = scanned.long_answer_limit()
     position = row = written_rejects = 0
@@ -463,6 +524,7 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
             label = files[file_index].label
             element = files[file_index].kind == "json_array"
             reasons.update(result.reasons)
+            file_reasons[file_index].update(result.reasons)
             table = result.index()
             dup = duplicate[row : row + result.kept]
             out_rows = _rejected_rows(result, label, base, element)
@@ -478,6 +540,7 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
                 theirs = cleaned(first_chunk, int(firsts.sizes[at]), int(firsts.starts[at]))
                 reason = "exact_duplicate" if same_content(mine, theirs) else "normalized_duplicate"
                 reasons[reason] += 1
+                file_reasons[file_index][reason] += 1
                 line = read_at(sources[file_index], int(lengths[local]), int(offsets[local]))
                 record: dict[str, Any] = {
                     "file": label,
@@ -533,8 +596,35 @@ def _merge(scanned: _Scanned, out_dir: Path, index: _CleanedIndex | None) -> tup
         "format": "mixed" if len(formats) > 1 else next(iter(formats), "chat"),
         "tokens": _token_stats(tokens),
         "files": per_file,
+        "warnings": nothing_kept(files, [(f["read"], f["kept"]) for f in per_file], file_reasons),
     }
     return report, tokens
+
+
+def nothing_kept(
+    files: Sequence[InputFile], counts: Sequence[tuple[int, int]], reasons: Sequence[Counter[str]]
+) -> list[str]:
+    """Return a warning for each file none of whose rows was kept: its main rejection reasons, and what it looks like.
+
+    ``counts`` holds (rows read, rows kept) per file, ``reasons`` its rejection reasons.
+    """
+    warnings = []
+    for file, (read, kept), why in zip(files, counts, reasons, strict=True):
+        if kept:
+            continue
+        if not read:
+            warnings.append(f"{file.label}: empty, no rows")
+            continue
+        with open(file.path, "rb") as handle:
+            kind = binary_kind(handle.read(4096))
+        looks = f"; it looks like {kind}" if kind else ""
+        warnings.append(f"{file.label}: none of its {read} rows was kept ({_top_reasons(why)}){looks}")
+    return warnings
+
+
+def _top_reasons(reasons: Counter[str], shown: int = 3) -> str:
+    """Return the most common reasons with their counts, e.g. ``invalid_json 10, blank_line 2``."""
+    return ", ".join(f"{name} {count}" for name, count in reasons.most_common(shown))
 
 
 def _count_bits(values: np.ndarray, names: dict[int, str], counter: Counter[str]) -> None:

@@ -44,8 +44,21 @@ def declared_split(path: Path) -> int:
     return NO_SPLIT
 
 
+def binary_kind(head: bytes) -> str | None:
+    """Name what a file's first bytes show it is when it is not UTF-8 text, with what to do; else None."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data (decompress it first)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (extract it first)"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text (save it as UTF-8)"
+    return None
+
+
 def _describe(path: Path, head: bytes) -> str:
     """Say in a few words what a file that is not JSONL seems to be."""
+    if kind := binary_kind(head):
+        return kind
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if path.suffix.lower() == ".csv" or (b"," in head.split(b"\n", 1)[0] and not text.startswith((b"{", b"["))):
         return "a CSV file"
@@ -59,8 +72,9 @@ def _describe(path: Path, head: bytes) -> str:
 def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
     """Return the files named by ``inputs`` (folders give their ``*.jsonl`` and ``*.json``, sorted per folder).
 
-    Also returns the files left out, each with why: one named a second time, or one a folder holds
-    inside ``skip`` (the output folder, whose files are no input).
+    Also returns the files left out, each with why: one named a second time, one a folder holds
+    inside ``skip`` (the output folder, whose files are no input), or one of another kind in a
+    folder. Hidden files (``.name``) in folders are not inputs and are not listed.
     """
     files: list[Path] = []
     ignored: list[dict[str, str]] = []
@@ -78,10 +92,12 @@ def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jsonl", ".json"))
-            inside = [p for p in found if skip is not None and p.resolve().is_relative_to(skip)]
+            every = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            inside = [p for p in every if skip is not None and p.resolve().is_relative_to(skip)]
             ignored += [{"path": str(p), "why": "inside the output folder"} for p in inside]
-            found = [p for p in found if p not in inside]
+            every = [p for p in every if p not in inside]
+            found = [p for p in every if p.suffix.lower() in (".jsonl", ".json")]
+            ignored += [{"path": str(p), "why": "not a .jsonl or .json file"} for p in every if p not in found]
             if not found:
                 where = " outside the output folder" if inside else ""
                 raise PrepError(f"{path}: folder holds no .jsonl or .json file{where}")
@@ -133,11 +149,17 @@ def open_inputs(
             raise PrepError(f"{file}: cannot be read ({error.strerror or error})") from error
         split = declared_split(file)
         suffix = file.suffix.lower()
-        if suffix in ARRAY_SUFFIXES or (
-            suffix not in JSONL_SUFFIXES and head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
-        ):
+        first_line = head.lstrip(b"\xef\xbb\xbf \t\r\n").split(b"\n", 1)[0].strip()
+        # A .jsonl file may hold a JSON array written over several lines (json.dump with indent).
+        pretty_array = suffix in JSONL_SUFFIXES and first_line == b"["
+        if suffix in ARRAY_SUFFIXES or pretty_array or (suffix not in JSONL_SUFFIXES and first_line[:1] == b"["):
             converted = scratch / f"array-{number:04d}.jsonl"
-            kind = _json_file(file, converted, head)
+            try:
+                kind = _json_file(file, converted, head)
+            except PrepError:
+                if not pretty_array:
+                    raise
+                kind = "jsonl"  # not one JSON value after all: its lines are rows, as its name says
             opened.append(InputFile(converted if kind == "json_array" else file, label, kind, split))
         elif suffix in JSONL_SUFFIXES or head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b""):
             opened.append(InputFile(file, label, "jsonl", split))

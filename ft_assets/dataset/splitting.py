@@ -11,6 +11,7 @@ targets of the other rows are what remains of each split's share.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,8 @@ class SplitConfig:
     min_examples: int = 10
 
     def __post_init__(self) -> None:
-        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+        finite = all(math.isfinite(r) and r >= 0 for r in self.ratios)
+        if len(self.ratios) != 3 or not finite or abs(sum(self.ratios) - 1) > 1e-6:
             raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {self.ratios}")
         if self.ratios[0] == 0:
             raise ValueError(
@@ -63,12 +65,16 @@ def target_sizes(rows: int, ratios: tuple[float, float, float]) -> np.ndarray:
     return sizes
 
 
-def require_examples(rows: int, config: SplitConfig) -> None:
-    """Raise ``SplitError``, saying how many more are needed, when ``rows`` examples are too few to split."""
+def require_examples(rows: int, config: SplitConfig, detail: str = "") -> None:
+    """Raise ``SplitError``, saying how many more are needed, when ``rows`` examples are too few to split.
+
+    ``detail`` (what was read and why rows were rejected) ends the message.
+    """
     if rows < config.min_examples:
         raise SplitError(
             f"{rows} examples after cleaning; splitting needs at least {config.min_examples} "
             f"({config.min_examples - rows} more), or lower min_examples (ft-assets prep: --min-examples)"
+            + (f". {detail}" if detail else "")
         )
 
 
@@ -107,14 +113,21 @@ def assign_splits(
     target[free] = np.searchsorted(np.cumsum(wanted)[:2], middle, side="right")
     if groups >= 3:
         _give_each_split_a_group(target, free, sizes, config.ratios)
+    if not (target == 0).any():
+        why = (
+            "every example is pinned to validation or test (by its split field or its file or folder name)"
+            if fixed.all()
+            else f"the train ratio {config.ratios[0]:g} gives it none of the {groups} groups of examples"
+        )
+        raise SplitError(f"the train split would be empty: {why}; a model cannot be fine-tuned on no rows")
     return target[group_of_row].astype(np.uint8), conflicts
 
 
 def _give_each_split_a_group(
     target: np.ndarray, free: np.ndarray, sizes: np.ndarray, ratios: tuple[float, float, float]
 ) -> None:
-    """Move the smallest free group of the split with most groups into an empty validation or test split."""
-    for split in (1, 2):
+    """Move the smallest free group of the split with most groups into an empty split whose ratio is not 0."""
+    for split in (0, 1, 2):
         if ratios[split] == 0 or (target == split).any():
             continue
         counts = np.bincount(target[free], minlength=3)
