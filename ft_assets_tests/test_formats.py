@@ -24,6 +24,8 @@ def test_valid_chat_has_no_errors():
         ([USER, {"role": ["assistant"], "content": "a"}], "unrecognized_role"),
         ([USER, {"role": "assistant", "content": 42}], "missing_content"),
         ([USER, {"role": "assistant", "content": None}], "missing_content"),
+        ([USER, {"role": "assistant", "content": [{"type": "text"}]}], "missing_content"),
+        ([USER, {"role": "assistant", "content": [{"type": "image_url", "image_url": {}}]}], "non_text_content"),
         ([USER, {"role": "assistant", "content": " \n\t"}], "empty_content"),
         ([USER, {"role": "assistant", "content": ""}], "empty_content"),
         ([SYSTEM, USER], "example_missing_assistant_message"),

@@ -163,9 +163,11 @@ def test_a_name_is_folded_into_user_turns_and_refused_on_assistant_turns():
     row["messages"][1]["name"] = "ap_clerk"
     assert row_messages(row)[1] == {"role": "user", "content": "ap_clerk: Invoice 9"}
     row["messages"][2]["name"] = "labeller"
-    examples = chat_examples([row])
-    assert examples.refused == {"assistant_name": [1]}
-    assert "would become part of the answer" in examples.refusal("train.jsonl")
+    examples = chat_examples([row, {**row, "id": "inv-9"}])
+    assert examples.refused == {"assistant_name": [1, 2]}
+    refusal = examples.refusal("train.jsonl")
+    assert "would become part of the answer" in refusal and "(rows 1, 2, example ids inv-9)" in refusal
+    assert "ft-assets lineage example ID" in refusal
 
 
 def test_tool_calling_rows_are_refused_with_a_count(trained, tmp_path):

@@ -113,8 +113,8 @@ def check_message(message: Any, errors: set[str]) -> None:
     if isinstance(content, str):
         if not content.strip():
             errors.add("empty_content")
-    elif type(content) is list and content and all(type(p) is dict for p in content):
-        errors.add("non_text_content")  # text-only parts were joined before the check
+    elif type(content) is list and any(type(p) is dict and p.get("type") != "text" for p in content):
+        errors.add("non_text_content")  # well-formed text-only parts were joined before the check
     elif not has_call:
         errors.add("missing_content")
     weight = message.get("weight")
