@@ -380,3 +380,23 @@ def test_a_json_glossary_of_33_terms_gives_33_document_examples(tmp_path, monkey
     assert any("prose.md gave no entries" in w for w in warnings)
     examples = [json.loads(line) for line in Path(metadata["path"].value, "examples.jsonl").read_text().splitlines()]
     assert {e["group"] for e in examples} == {f"doc:glossary.json:{term}" for term in GLOSSARY_TERMS}
+
+
+@pytest.mark.parametrize("mode", ["paraphrase", "distill"])
+def test_sources_written_as_text_parts_are_read_as_strings(tmp_path, mode):
+    def parts(text: str) -> list[dict]:
+        return [{"type": "text", "text": text}]
+
+    row = {"messages": [{"role": "system", "content": parts("You classify invoices.")},
+                        {"role": "user", "content": parts("Invoice 7 from Acme")},
+                        {"role": "assistant", "content": parts("Category: C7")}]}  # fmt: skip
+    examples, _ = usable_examples([write_jsonl(tmp_path / "raw.jsonl", [row])])
+    assert [m["content"] for m in examples[0]["messages"]] == [
+        "You classify invoices.",
+        "Invoice 7 from Acme",
+        "Category: C7",
+    ]
+    [item] = plan(Settings(mode=mode, variants=1), examples, [])  # distill read the system turn as text
+    if mode == "paraphrase":
+        example, _ = build_example(item, '{"text": "Invoice 7 from Acme, reworded"}', {"provider": "test"})
+        assert all(isinstance(m["content"], str) for m in example["messages"])

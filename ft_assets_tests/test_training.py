@@ -166,7 +166,7 @@ def test_a_name_is_folded_into_user_turns_and_refused_on_assistant_turns():
     examples = chat_examples([row, {**row, "id": "inv-9"}])
     assert examples.refused == {"assistant_name": [1, 2]}
     refusal = examples.refusal("train.jsonl")
-    assert "would become part of the answer" in refusal and "(rows 1, 2, example ids inv-9)" in refusal
+    assert "would become part of the answer" in refusal and "(rows 1, 2 (id inv-9))" in refusal
     assert "ft-assets lineage example ID" in refusal
 
 

@@ -454,3 +454,33 @@ def test_a_file_that_gives_nothing_says_why_and_what_it_looks_like(tmp_path):
     assert warning.startswith(f"{packed}: none of its") and "gzip-compressed" in warning
     with pytest.raises(SplitError, match=r"read \d+ rows, rejected \d+: invalid_utf8 .*gzip-compressed"):
         prep([packed], tmp_path / "out")
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [chat(f"Invoice {i}", f"Category: c{i}") for i in range(20)])
+    (tmp_path / "out" / LOCK).mkdir(parents=True)  # where the lock file should be
+    result = CliRunner().invoke(main, ["prep", str(rows), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "cannot be written to" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_hidden_folders_are_no_input(tmp_path):
+    data = tmp_path / "data"
+    (data / ".ipynb_checkpoints").mkdir(parents=True)
+    (data / ".git" / "objects").mkdir(parents=True)
+    rows = [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)]
+    write_jsonl(data / "rows.jsonl", rows)
+    write_jsonl(data / ".ipynb_checkpoints" / "rows-checkpoint.jsonl", rows)
+    (data / ".git" / "objects" / "ab").write_bytes(b"x")
+    report = prep([data], tmp_path / "out")
+    assert (report["read"], report["kept"], report["warnings"]) == (20, 20, [])
+    checkpoint = str(data / ".ipynb_checkpoints" / "rows-checkpoint.jsonl")
+    assert report["ignored_inputs"] == [{"path": checkpoint, "why": "hidden"}]
+
+
+def test_too_few_examples_counts_duplicates_among_the_reasons(tmp_path):
+    rows = [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(5)]
+    first = write_jsonl(tmp_path / "five.jsonl", rows)
+    copy = write_jsonl(tmp_path / "copy.jsonl", rows)
+    with pytest.raises(SplitError, match=r"read 10 rows, rejected 5: exact or normalized duplicates 5"):
+        prep([first, copy], tmp_path / "out")

@@ -364,6 +364,8 @@ def locked_output(out_dir: Path) -> Iterator[None]:
         raise PrepError(
             f"{out_dir}: another ft-assets prep is writing there; wait for it or choose another --out"
         ) from None
+    except OSError as error:  # a read-only folder, or a folder where the lock file should be
+        raise PrepError(f"{out_dir}: cannot be written to ({error.strerror or error})") from None
     try:
         yield
     finally:
@@ -398,7 +400,7 @@ def _prep(
             counts[result.task.file_index][0] += result.lines
             counts[result.task.file_index][1] += result.kept
         if duplicates := int(scanned.duplicate.sum()):
-            reasons["duplicate"] += duplicates
+            reasons["exact or normalized duplicates"] += duplicates
         read = sum(r.lines for r in scanned.results)
         detail = [f"read {read} rows, rejected {read - kept}" + (f": {_top_reasons(reasons)}" if reasons else "")]
         detail += nothing_kept(scanned.files, [(r, k) for r, k in counts], by_file)
@@ -419,6 +421,14 @@ def _prep(
         )
         for written, path in zip(partial, final, strict=True):
             os.replace(written, path)
+        rows = np.bincount(targets, minlength=3)
+        split_tokens = np.bincount(targets, weights=tokens, minlength=3).astype(np.int64)
+        report["splits"] = {
+            name: {"rows": int(rows[i]), "tokens": int(split_tokens[i])} for i, name in enumerate(SPLITS)
+        }
+        report["seed"] = split_config.seed
+        report["grouping"] = grouping
+        (out_dir / REPORT).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     except BaseException:
         for path in outputs:  # nor any of its own
             path.unlink(missing_ok=True)
@@ -426,12 +436,6 @@ def _prep(
     finally:
         for path in partial:
             path.unlink(missing_ok=True)
-    rows = np.bincount(targets, minlength=3)
-    split_tokens = np.bincount(targets, weights=tokens, minlength=3).astype(np.int64)
-    report["splits"] = {name: {"rows": int(rows[i]), "tokens": int(split_tokens[i])} for i, name in enumerate(SPLITS)}
-    report["seed"] = split_config.seed
-    report["grouping"] = grouping
-    (out_dir / REPORT).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return report
 
 
@@ -618,7 +622,8 @@ def nothing_kept(
         with open(file.path, "rb") as handle:
             kind = binary_kind(handle.read(4096))
         looks = f"; it looks like {kind}" if kind else ""
-        warnings.append(f"{file.label}: none of its {read} rows was kept ({_top_reasons(why)}){looks}")
+        none = "its only row was not kept" if read == 1 else f"none of its {read} rows was kept"
+        warnings.append(f"{file.label}: {none} ({_top_reasons(why)}){looks}")
     return warnings
 
 

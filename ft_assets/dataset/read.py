@@ -69,12 +69,17 @@ def _describe(path: Path, head: bytes) -> str:
     return f"a {path.suffix or 'suffix-less'} file"
 
 
+def _is_data(path: Path) -> bool:
+    return path.suffix.lower() in JSONL_SUFFIXES + ARRAY_SUFFIXES
+
+
 def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
     """Return the files named by ``inputs`` (folders give their ``*.jsonl`` and ``*.json``, sorted per folder).
 
     Also returns the files left out, each with why: one named a second time, one a folder holds
-    inside ``skip`` (the output folder, whose files are no input), or one of another kind in a
-    folder. Hidden files (``.name``) in folders are not inputs and are not listed.
+    inside ``skip`` (the output folder, whose files are no input), one of another kind in a
+    folder, or a hidden one (its name or a folder's below the input starts with ``.``, as in
+    ``.ipynb_checkpoints``; only its ``.jsonl`` and ``.json`` files are listed).
     """
     files: list[Path] = []
     ignored: list[dict[str, str]] = []
@@ -92,12 +97,16 @@ def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            every = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            inside = [p for p in every if skip is not None and p.resolve().is_relative_to(skip)]
-            ignored += [{"path": str(p), "why": "inside the output folder"} for p in inside]
-            every = [p for p in every if p not in inside]
-            found = [p for p in every if p.suffix.lower() in (".jsonl", ".json")]
-            ignored += [{"path": str(p), "why": "not a .jsonl or .json file"} for p in every if p not in found]
+            every, hidden = [], []
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                is_hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
+                (hidden if is_hidden else every).append(file)
+            ignored += [{"path": str(p), "why": "hidden"} for p in hidden if _is_data(p)]
+            inside = {p for p in every if skip is not None and p.resolve().is_relative_to(skip)}
+            ignored += [{"path": str(p), "why": "inside the output folder"} for p in every if p in inside]
+            found = [p for p in every if p not in inside and _is_data(p)]
+            ignored += [{"path": str(p), "why": "not a .jsonl or .json file"} for p in every
+                        if p not in inside and not _is_data(p)]  # fmt: skip
             if not found:
                 where = " outside the output folder" if inside else ""
                 raise PrepError(f"{path}: folder holds no .jsonl or .json file{where}")

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ft_assets.dataset.formats import join_content_parts
 from ft_assets.dataset.validate import identify
 
 
@@ -44,5 +45,6 @@ def usable_examples(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
                     continue
                 seen.add(key)
                 group = str(row["group"]) if row.get("group") not in (None, "") else source_id
-                rows.append({"source_id": source_id, "group": group, "messages": messages})
+                # the messages as cleaning reads them: text parts joined into strings
+                rows.append({"source_id": source_id, "group": group, "messages": join_content_parts(messages)[0]})
     return rows, duplicates

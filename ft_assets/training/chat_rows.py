@@ -93,7 +93,7 @@ class ChatExamples:
     rows_without_trained_turn: int = 0
     weight_zero_turns: int = 0
     refused: dict[str, list[int]] = field(default_factory=dict)
-    refused_ids: dict[str, list[str]] = field(default_factory=dict)  # the example ids of refused rows that have one
+    refused_ids: dict[int, str] = field(default_factory=dict)  # row number -> example id, for refused rows with one
 
     def summary(self) -> dict[str, Any]:
         """Return the counts for the training summary and the asset's metadata."""
@@ -113,11 +113,11 @@ class ChatExamples:
         total = sum(len(numbers) for numbers in self.refused.values())
         parts = []
         for reason, numbers in sorted(self.refused.items()):
+            rows = [
+                f"{n} (id {self.refused_ids[n]})" if n in self.refused_ids else str(n) for n in numbers[:SHOWN_ROWS]
+            ]
             more = ", ..." if len(numbers) > SHOWN_ROWS else ""
-            shown = ", ".join(str(n) for n in numbers[:SHOWN_ROWS]) + more
-            ids = self.refused_ids.get(reason, [])
-            named = f", example ids {', '.join(ids[:SHOWN_ROWS])}{more}" if ids else ""
-            parts.append(f"{len(numbers)} {REFUSALS[reason]} (rows {shown}{named})")
+            parts.append(f"{len(numbers)} {REFUSALS[reason]} (rows {', '.join(rows)}{more})")
         where = " (ft-assets lineage example ID gives the file and line each came from)" if self.refused_ids else ""
         return (
             f"{total} of {self.rows} rows of {source} cannot be trained by the local LoRA trainer: "
@@ -136,7 +136,7 @@ def chat_examples(rows: Sequence[dict[str, Any]]) -> ChatExamples:
         except UnusableRow as unusable:
             examples.refused.setdefault(unusable.reason, []).append(number)
             if row.get("id") is not None:
-                examples.refused_ids.setdefault(unusable.reason, []).append(str(row["id"]))
+                examples.refused_ids[number] = str(row["id"])
             continue
         weights = [m["weight"] for m in messages if m["role"] == "assistant"]
         examples.weight_zero_turns += weights.count(0)
