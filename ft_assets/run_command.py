@@ -322,6 +322,7 @@ def _tool(name: str) -> str:
 
 def _summary(job: str, success: bool, seconds: float, run_id: str, home: Path, record: RunRecord) -> list[str]:
     """Return the closing lines: data kept and rejected, every model's score, the champion, checks, what next."""
+    from ft_assets.evaluation.metrics import FEW_TEST_EXAMPLES, few_test_examples
     from ft_assets.evaluation.results import RESULTS
 
     status = "[green]succeeded[/green]" if success else "[red]failed[/red]"
@@ -329,7 +330,9 @@ def _summary(job: str, success: bool, seconds: float, run_id: str, home: Path, r
     cleaned = record.materialized.get("cleaned_examples")
     if cleaned and {"read", "kept", "rejected"} <= cleaned.keys():
         reasons = _rejects_by_reason(cleaned)
-        lines.append(f"data        {_number(cleaned['read'])} rows read: {_number(cleaned['kept'])} kept, "
+        synthetic = cleaned.get("from_synthetic") or 0
+        of_them = f" ({_number(synthetic)} of them synthetic)" if synthetic else ""
+        lines.append(f"data        {_number(cleaned['read'])} rows read: {_number(cleaned['kept'])} kept{of_them}, "
                      f"{_number(cleaned['rejected'])} rejected" + (f" ({reasons})" if reasons else ""))  # fmt: skip
     evaluation = record.materialized.get("evaluation_table", {})
     results = Path(str(evaluation.get("path", "")), RESULTS)
@@ -341,6 +344,8 @@ def _summary(job: str, success: bool, seconds: float, run_id: str, home: Path, r
         for row in rows:
             score = f"{_number(row['main_score'])} [{_number(row['ci_low'])}, {_number(row['ci_high'])}]"
             lines.append(_escape(f"  {row['model']:<{width}}  {score}  n={row['n']}"))
+        if (fewest := min(row["n"] for row in rows)) < FEW_TEST_EXAMPLES:
+            lines.append(f"  [yellow]{few_test_examples(fewest)}[/yellow]")
     champion = record.materialized.get("champion_model")
     if champion and "decision" in champion:
         lines.append(_escape(f"champion    {champion.get('champion', '?')} (decision: {champion['decision']}, "

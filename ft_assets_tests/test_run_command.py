@@ -13,6 +13,7 @@ import click
 import dagster as dg
 import pytest
 
+from ft_assets.evaluation.metrics import FEW_TEST_EXAMPLES
 from ft_assets_tests.project_runs import TINY_CONFIG, make_project, runs
 
 FT_ASSETS = Path(sys.executable).parent / "ft-assets"
@@ -40,12 +41,18 @@ def main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
 def test_main_job_ends_with_the_summary(main_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     _, done = main_run
     assert done.returncode == 0, done.stdout + done.stderr
-    last = done.stdout.strip().splitlines()[-15:]
+    last = done.stdout.strip().splitlines()[-18:]
+    sizes = []
     for model in LOCAL_MODELS:
         line = next((line for line in last if line.strip().startswith(model)), None)
-        assert line is not None and re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]\s+n=\d+", line), (model, last)
+        found = re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]\s+n=(\d+)", line or "")
+        assert found, (model, last)
+        sizes.append(int(found.group(1)))
+    few = any(line.strip().startswith(f"only {min(sizes)} test examples") for line in last)
+    assert few == (min(sizes) < FEW_TEST_EXAMPLES), last
     assert any(line.startswith("champion    ") and "decision: " in line for line in last), last
-    assert any(re.match(r"data +\d+ rows read: \d+ kept, \d+ rejected", line) for line in last), last
+    data = r"data +\d+ rows read: \d+ kept \(\d+ of them synthetic\), \d+ rejected"  # the shipped run generates some
+    assert any(re.match(data, line) for line in last), last
     assert any("dagster dev" in line for line in last) and any("ft-assets eval" in line for line in last), last
 
 

@@ -214,7 +214,7 @@ def _evaluate(
     staging: Path,
 ) -> None:
     """Run every local model on the test cases and write rows, predictions, comparisons and skipped rows."""
-    from ft_assets.evaluation.metrics import detect_task
+    from ft_assets.evaluation.metrics import FEW_TEST_EXAMPLES, detect_task, few_test_examples
     from ft_assets.evaluation.report import compare, prediction_rows, score_local
     from ft_assets.evaluation.runners import (
         eval_cases,
@@ -237,6 +237,8 @@ def _evaluate(
             f"evaluation_table: test_split has {len(cases)} usable examples (at least {needed} needed): add data, "
             "or give the test split a larger share (splits config ratios)"
         )
+    if len(cases) < FEW_TEST_EXAMPLES:
+        context.log.warning(f"evaluation_table: {few_test_examples(len(cases))}")
     golds = [case.gold for case in cases]
     task, reason = detect_task(golds, config.task)
     context.log.info(f"evaluation_table: task {task} ({reason})")

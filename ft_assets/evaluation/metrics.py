@@ -25,6 +25,7 @@ TASKS = ("labels", "json", "free_text")
 MAIN_METRIC = {"labels": "exact_match", "json": "key_accuracy", "free_text": "rouge_l"}
 SHORT_WORDS = 4  # an answer of at most this many words is "short"
 REPEAT_RATIO = 0.5  # values "repeat" when distinct values / answers is at most this
+FEW_TEST_EXAMPLES = 30  # below this, a bootstrap interval understates the spread and a user is told so
 _MISSING = object()
 
 
@@ -289,6 +290,14 @@ def _interval(values: np.ndarray, samples: int, rng: np.random.Generator, level:
         return float(values[0]), float(values[0])
     low, high = np.quantile(_bootstrap_means(values, samples, rng), [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def few_test_examples(n: int) -> str:
+    """Say what ``n`` test examples, fewer than ``FEW_TEST_EXAMPLES``, mean for the intervals shown."""
+    return (
+        f"only {n} test examples: a bootstrap interval over so few understates the spread, so scores this close "
+        "cannot tell models apart; give the test split more data"
+    )
 
 
 def bootstrap_ci(
