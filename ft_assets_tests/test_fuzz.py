@@ -156,7 +156,7 @@ def _splitmix(value: int) -> int:
 
 
 def reference_signature(prompt: str | None) -> bytes:
-    """MinHash of the prompt's set of lower-cased words, as group.prompt_signatures defines it, one row at a time."""
+    """MinHash of the prompt's set of lower-cased words, as group.word_signatures defines it, one row at a time."""
     import xxhash
 
     from ft_assets.dataset.group import EMPTY_BIN, SIGNATURE_BINS
@@ -266,7 +266,7 @@ def test_grouping_matches_a_plain_reference(
         parallel_bands_memory,
     )
     try:
-        signature = group.prompt_signatures(pa.array(prompts, pa.string()))
+        signature = group.word_signatures(pa.array(prompts, pa.string()))
         first, second = group.near_duplicate_pairs(signature, threshold)
     finally:
         group.LONG_PROMPT_WORDS, group.PAIR_SLICE, group.PARALLEL_BANDS_MEMORY = saved

@@ -59,10 +59,81 @@ def test_overlap_check_finds_shared_answers_and_near_duplicate_prompts(tmp_path)
     test = table.to_pylist()
     test[0]["answer_key"] = train["answer_key"][0].as_py()
     test[1]["signature"] = train["signature"][1].as_py()
+    test[2]["answer_signature"] = train["answer_signature"][2].as_py()
     pq.write_table(pa.Table.from_pylist(test, schema=table.schema), folders["test"] / "members.parquet")
     found = overlaps(folders)
     assert found[("train/test", "answer_key")] == 1
     assert found[("train/test", "near_duplicate_prompt")] >= 1
+    assert found[("train/test", "near_duplicate_answer")] >= 1
+
+
+def test_free_text_answers_with_a_phrase_added_never_straddle_splits(tmp_path):
+    import random
+
+    vocabulary = [
+        "storage",
+        "backup",
+        "history",
+        "email",
+        "support",
+        "member",
+        "team",
+        "archive",
+        "folder",
+        "sync",
+        "device",
+        "laptop",
+        "phone",
+        "tablet",
+        "share",
+        "link",
+        "password",
+        "audit",
+        "region",
+        "encryption",
+        "key",
+        "invoice",
+        "refund",
+        "trial",
+        "upgrade",
+        "quota",
+        "limit",
+        "upload",
+        "download",
+        "restore",
+        "version",
+        "retention",
+        "policy",
+        "admin",
+        "console",
+        "report",
+        "alert",
+        "schedule",
+        "export",
+        "import",
+        "migrate",
+        "cancel",
+        "renew",
+    ]
+    answers = [f"Plan {i}: " + " ".join(random.Random(i).sample(vocabulary, 14)) + "." for i in range(30)]
+    questions = ["What does plan {i} include?", "Tell me about plan {i}.", "Which features come with plan {i}?"]
+    rows = [
+        chat(question.format(i=i), ("Sure! " if k == 1 else "") + answer)
+        for i, answer in enumerate(answers)
+        for k, question in enumerate(questions)
+    ]
+    report = prep([write_jsonl(tmp_path / "plans.jsonl", rows)], tmp_path / "out", workers=1)
+    assert report["grouping"]["joined_by"]["near_duplicate_answer"]["rows"] == 90  # each plan's three answers
+
+    def plan_of(row: dict) -> str:
+        return row["messages"][-1]["content"].removeprefix("Sure! ").split()[1]
+
+    plans = {name: {plan_of(row) for row in found} for name, found in _splits(tmp_path / "out").items()}
+    assert not plans["train"] & (plans["validation"] | plans["test"])
+    # Without it, the "Sure! " rows are apart from their plan's other answers and land in other splits.
+    prep([write_jsonl(tmp_path / "plans.jsonl", rows)], tmp_path / "never", None, None, GroupConfig("never", 0.8))
+    plans = {name: {plan_of(row) for row in found} for name, found in _splits(tmp_path / "never").items()}
+    assert plans["train"] & (plans["validation"] | plans["test"])
 
 
 def test_label_answers_repeat_by_design_and_every_category_is_in_every_split(shipped_raw, tmp_path):

@@ -70,7 +70,9 @@ class SplitsConfig(dg.Config):
         "not JSON, not only short 'Key: value' lines), not for labels that repeat by design.",
     )
     near_duplicate_threshold: float = Field(
-        0.8, description="Group rows whose prompts' word sets have at least this Jaccard similarity (0 turns it off)."
+        0.8,
+        description="Group rows whose prompts' word sets, or free-text answers' word sets, have at least this "
+        "Jaccard similarity (0 turns it off).",
     )
 
 

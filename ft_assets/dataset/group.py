@@ -12,7 +12,9 @@ lines. ``always`` groups every repeated answer, ``never`` none.
 
 Near-duplicate prompts are found with MinHash over the set of lower-cased words of the user
 turns (32 hash functions, 8 bits of each), banded for locality-sensitive hashing (8 bands of 4
-bins) and confirmed when the estimated Jaccard similarity reaches the threshold. A word is a
+bins) and confirmed when the estimated Jaccard similarity reaches the threshold. Free-text
+answers that are near duplicates of each other (the same answer with a phrase added, say) are
+joined the same way, under ``auto`` and ``always``; label answers never are. A word is a
 run of characters other than whitespace once ASCII punctuation counts as whitespace. The
 per-row features are computed in the scan workers; ``form_groups`` sees only fixed-size numbers,
 all on whole arrays (sorting, banding and union-find included): no loop runs per row or pair.
@@ -114,12 +116,12 @@ def free_text_answers(answers: pa.Array, words: np.ndarray) -> np.ndarray:
     return (words >= FREE_TEXT_ANSWER_WORDS) & ~structured & ~json_like
 
 
-def prompt_signatures(prompts: pa.Array) -> np.ndarray:
-    """Return the MinHash signature (``SIGNATURE_BINS`` bytes) of each prompt's set of words.
+def word_signatures(prompts: pa.Array) -> np.ndarray:
+    """Return the MinHash signature (``SIGNATURE_BINS`` bytes) of each text's set of words (prompts, answers).
 
     Bin ``k`` holds the low 8 bits of the smallest (16-bit) value of the ``k``-th hash function
     over the words (b-bit minwise hashing: the minimum is taken before the bits are cut, so long
-    prompts do not all collapse to 0), and the share of equal bins between two rows estimates the
+    texts do not all collapse to 0), and the share of equal bins between two rows estimates the
     Jaccard similarity of their word sets; a row without words is ``EMPTY_BIN`` throughout.
     Each distinct word of the chunk is hashed once (xxh3, then SplitMix64 of it XOR the
     function's seed, top 16 bits); rows gather their words' values.
@@ -306,7 +308,8 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
 
     ``columns``: ``norm_hash`` (content key), ``group_hash`` and ``id_hash`` (the key of the row's
     group and id labels; the content key where it has none), ``source_hash`` (0: none),
-    ``answer_hash`` (0: none), ``free_text`` (bool) and ``signature`` (rows x ``SIGNATURE_BINS`` uint8).
+    ``answer_hash`` (0: none), ``free_text`` (bool), ``signature`` (rows x ``SIGNATURE_BINS`` uint8) and
+    ``answer_signature`` (the same, of the free-text answers only: one row per ``free_text`` row, in order).
     The columns it reads are removed from ``columns`` once used (``group_hash`` stays), so memory stays low
     at millions of rows.
     """
@@ -328,13 +331,19 @@ def form_groups(columns: dict[str, np.ndarray], config: GroupConfig) -> tuple[np
         edges["synthetic_source"] = _pairs(keys, np.concatenate([nodes, has_source]))
     del id_hash, source_hash
     answer, free_text = columns.pop("answer_hash"), columns.pop("free_text")
-    free_text_answers = int(np.count_nonzero(free_text))
+    free_rows = np.flatnonzero(free_text).astype(np.int32)
+    free_text_answers = len(free_rows)
     if config.group_by_answer == "auto":
         answer = np.where(free_text, answer, np.uint64(0))
     if config.group_by_answer != "never":
         edges["same_answer"] = _pairs(answer, nodes)
     del answer, free_text
     edges["near_duplicate_prompt"] = near_duplicate_pairs(columns.pop("signature"), config.near_duplicate_threshold)
+    answer_signature = columns.pop("answer_signature")
+    if config.group_by_answer != "never":
+        first, second = near_duplicate_pairs(answer_signature, config.near_duplicate_threshold)
+        edges["near_duplicate_answer"] = (free_rows[first], free_rows[second])
+    del answer_signature
     first = np.concatenate([e[0] for e in edges.values()])
     second = np.concatenate([e[1] for e in edges.values()])
     count, labels = connected_groups(n, first, second)

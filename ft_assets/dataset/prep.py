@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 from ft_assets.compute_threads import available_cores
 from ft_assets.dataset.columnar import fixed_width_matrix
 from ft_assets.dataset.deduplicate import find_duplicates, same_content
-from ft_assets.dataset.group import SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
+from ft_assets.dataset.group import EMPTY_BIN, SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
 from ft_assets.dataset.read import NO_SPLIT, InputFile, PrepError, binary_kind, open_inputs, plan_chunks
 from ft_assets.dataset.splitting import SPLITS, SplitConfig, SplitError, assign_splits, require_examples
@@ -189,6 +189,13 @@ class _Scanned:
     def kept_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Return index columns for the rows that survive de-duplication, in input order."""
         return _columns(self.results, names, ~self.duplicate)
+
+    def grouping_columns(self) -> dict[str, np.ndarray]:
+        """Return what ``form_groups`` reads, for the surviving rows: signatures of free-text answers only."""
+        columns = self.kept_columns(GROUP_COLUMNS)
+        free = ~self.duplicate & _column(self.results, "free_text")
+        columns["answer_signature"] = _columns(self.results, ["answer_signature"], free)["answer_signature"]
+        return columns
 
     def long_answer_limit(self) -> float:
         """Return the answer length (characters) above which a kept answer is far longer than its peers."""
@@ -407,8 +414,7 @@ def _prep(
         require_examples(kept, split_config, "; ".join(detail))
 
     def plan(scanned: _Scanned) -> tuple[list[Path], np.ndarray]:
-        columns = scanned.kept_columns(GROUP_COLUMNS)
-        targets, report = plan_splits(columns, split_config, group_config)
+        targets, report = plan_splits(scanned.grouping_columns(), split_config, group_config)
         grouping.update(report)
         return partial, targets
 
@@ -678,6 +684,9 @@ def split(
     index = pq.read_table(index_path, columns=[c for c in GROUP_COLUMNS if c != "signature"] + ["tokens"])
     columns = {name: index[name].to_numpy() for name in index.column_names}
     columns["signature"] = _signatures([pq.read_table(index_path, columns=["signature"])["signature"]])
+    free = pa.array(columns["free_text"])
+    answers = pq.read_table(index_path, columns=["answer_signature"])["answer_signature"].filter(free)
+    columns["answer_signature"] = _signatures([answers])
     assignment, grouping = plan_splits(columns, config, group_config or GroupConfig())
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = np.bincount(assignment, minlength=3)
@@ -713,9 +722,17 @@ def _write_members(
     """Write each split's members: ids, source, group, content hash (of the row's bytes), overlap check keys."""
     import pyarrow.parquet as pq
 
-    table = index.read(columns=[*MEMBER_COLUMNS, "answer_hash", "free_text", "signature", "quality"])
-    if grouping["group_by_answer"] == "never":
+    table = index.read(
+        columns=[*MEMBER_COLUMNS, "answer_hash", "free_text", "signature", "answer_signature", "quality"]
+    )
+    if grouping["group_by_answer"] == "never":  # no answer is a key: nothing to check across splits
         answer_key = np.zeros(table.num_rows, np.uint64)
+        empty = np.full((table.num_rows, SIGNATURE_BINS), EMPTY_BIN, np.uint8).tobytes()
+        position = table.schema.get_field_index("answer_signature")
+        nothing = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(SIGNATURE_BINS), table.num_rows, [None, pa.py_buffer(empty)]
+        )
+        table = table.set_column(position, "answer_signature", nothing)
     else:
         answer_key = table["answer_hash"].to_numpy()
         if grouping["group_by_answer"] == "auto":
@@ -743,10 +760,10 @@ def _source_links(sources: pa.Table, variants: pa.Table) -> int:
 
 
 def overlaps(split_folders: dict[str, str | Path], near_duplicate_threshold: float = 0.8) -> dict[tuple[str, str], int]:
-    """Return, per pair of splits, what they share: ids, groups, contents, answers, sources, near-duplicate prompts.
+    """Return, per pair of splits, what they share: ids, groups, contents, answers, sources, near duplicates.
 
-    Answers are the grouped free-text answers; a variant in one split whose source is in the
-    other counts as a shared source.
+    Answers are the grouped free-text answers; near duplicates are of prompts and of free-text
+    answers; a variant in one split whose source is in the other counts as a shared source.
     """
     import pyarrow.parquet as pq
 
@@ -764,10 +781,10 @@ def overlaps(split_folders: dict[str, str | Path], near_duplicate_threshold: flo
             linked = _source_links(tables[first], tables[second]) + _source_links(tables[second], tables[first])
             if linked:
                 found[(f"{first}/{second}", "synthetic_source")] = linked
-            signature = _signatures([tables[first]["signature"], tables[second]["signature"]])
-            a, b = near_duplicate_pairs(signature, near_duplicate_threshold)
             boundary = tables[first].num_rows
-            across = int(np.count_nonzero((a < boundary) != (b < boundary)))
-            if across:
-                found[(f"{first}/{second}", "near_duplicate_prompt")] = across
+            for column, kind in (("signature", "near_duplicate_prompt"), ("answer_signature", "near_duplicate_answer")):
+                signature = _signatures([tables[first][column], tables[second][column]])
+                a, b = near_duplicate_pairs(signature, near_duplicate_threshold)
+                if across := int(np.count_nonzero((a < boundary) != (b < boundary))):
+                    found[(f"{first}/{second}", kind)] = across
     return found

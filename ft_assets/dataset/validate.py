@@ -35,7 +35,7 @@ from ft_assets.dataset.formats import (
     join_content_parts,
     label_of,
 )
-from ft_assets.dataset.group import SIGNATURE_BINS, answer_features, free_text_answers, prompt_signatures
+from ft_assets.dataset.group import EMPTY_BIN, SIGNATURE_BINS, answer_features, free_text_answers, word_signatures
 from ft_assets.dataset.read import NO_SPLIT, SPLIT_NAMES
 from ft_assets.dataset.text import cut_followup, estimate_tokens, has_markdown, looks_cut_off, strip_markdown
 
@@ -91,6 +91,7 @@ INDEX_SCHEMA = pa.schema(
         ("answer_chars", pa.int32()),
         ("free_text", pa.bool_()),
         ("signature", pa.binary(SIGNATURE_BINS)),
+        ("answer_signature", pa.binary(SIGNATURE_BINS)),
         ("size", pa.int64()),
     ]
 )
@@ -130,6 +131,12 @@ class ChunkTask:
     scratch: str
     config: CleanConfig
     split_hint: int = NO_SPLIT
+
+
+def _fixed_binary(matrix: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Return a (rows x width) uint8 matrix as a fixed-size binary column."""
+    width = matrix.shape[1]
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(matrix), [None, pa.py_buffer(matrix.tobytes())])
 
 
 def _to_numpy(values: pa.Array) -> np.ndarray:
@@ -494,7 +501,11 @@ def scan_chunk_lines(
         user_split[pc.equal(split, name).fill_null(False).to_numpy(zero_copy_only=False)] = code
     answer = combined(taken.answer, "answer")
     answer_hash, answer_words, answer_chars = answer_features(answer)
-    signature = prompt_signatures(combined(taken.prompt, "prompt"))
+    signature = word_signatures(combined(taken.prompt, "prompt"))
+    free_text = free_text_answers(answer, answer_words)
+    answer_signature = np.full((len(answer), SIGNATURE_BINS), EMPTY_BIN, dtype=np.uint8)
+    if (free_rows := np.flatnonzero(free_text)).size:  # label answers are never near duplicates of each other
+        answer_signature[free_rows] = word_signatures(answer.take(pa.array(free_rows)))
     formats = np.zeros(len(payload), np.uint8)
     if order is not None:
         slow_formats = np.asarray([FORMAT_CODES[r.format] for r in slow_rows], np.uint8)
@@ -523,10 +534,9 @@ def scan_chunk_lines(
             "answer_hash": answer_hash,
             "answer_words": answer_words,
             "answer_chars": answer_chars,
-            "free_text": free_text_answers(answer, answer_words),
-            "signature": pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(SIGNATURE_BINS), len(signature), [None, pa.py_buffer(signature.tobytes())]
-            ),
+            "free_text": free_text,
+            "signature": _fixed_binary(signature),
+            "answer_signature": _fixed_binary(answer_signature),
             "size": np.diff(string_buffers(lines_out)[1]),
         }
     ).cast(INDEX_SCHEMA)
