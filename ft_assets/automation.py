@@ -31,7 +31,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG, extract_dat
 from dagster._utils.warnings import disable_dagster_warnings
 
 from ft_assets.code_versions import source_version
-from ft_assets.defaults import BASE_MODEL_ENV, BUILTIN_SOURCE, RAW_FOLDER, RAW_PATTERN
+from ft_assets.defaults import BASE_MODEL_ENV, BUILTIN_SOURCE, RAW_FOLDER, RAW_FOLDER_ENV, RAW_PATTERN, raw_folder
 from ft_assets.watch import HashCache, Observation, base_model_version, folder_version
 
 POLICY_ENV = "FT_ASSETS_RETRAIN_POLICY"
@@ -132,9 +132,9 @@ def _hash_cache() -> HashCache:
     return HashCache.load(HASH_CACHE)
 
 
-def observe_raw_data(folder: str = RAW_FOLDER, cache: HashCache | None = None) -> Observation:
-    """Return the content version of the raw example files (what ``raw_examples`` snapshots)."""
-    return folder_version(Path(folder), RAW_PATTERN, cache or _hash_cache())
+def observe_raw_data(folder: str | None = None, cache: HashCache | None = None) -> Observation:
+    """Return the content version of the raw example files (what ``raw_examples`` snapshots by default)."""
+    return folder_version(Path(folder or raw_folder()), RAW_PATTERN, cache or _hash_cache())
 
 
 def observe_base_model(source: str | None = None, cache: HashCache | None = None) -> Observation:
@@ -169,8 +169,8 @@ def _observable(key: dg.AssetKey, group: str, description: str) -> dg.AssetsDefi
 raw_data = _observable(
     RAW_DATA,
     "data",
-    f"The raw example files ({RAW_PATTERN} under {RAW_FOLDER}), watched: the data version is a hash of their "
-    "content (touching a file changes nothing). raw_examples snapshots them.",
+    f"The raw example files ({RAW_PATTERN} under {RAW_FOLDER_ENV}, default {RAW_FOLDER}), watched: the data "
+    "version is a hash of their content (touching a file changes nothing). raw_examples snapshots them.",
 )
 base_model_source = _observable(
     BASE_MODEL_SOURCE,

@@ -87,6 +87,25 @@ def test_a_missing_folder_is_absent(tmp_path: Path) -> None:
     assert folder_version(tmp_path / "nowhere", "*.jsonl", HashCache()).version == "absent"
 
 
+def test_the_raw_folder_variable_moves_what_is_read_and_what_is_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ft_assets.dataset.assets import RawExamplesConfig
+
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    write_jsonl(mine / "rows.jsonl", [chat("Invoice 1", "Category: Travel")])
+    monkeypatch.chdir(tmp_path)  # data/raw here does not exist
+    assert (
+        RawExamplesConfig().folder == "data/raw" and automation.observe_raw_data(cache=HashCache()).version == "absent"
+    )
+    monkeypatch.setenv("FT_ASSETS_RAW_FOLDER", str(mine))
+    assert RawExamplesConfig().folder == str(mine)
+    watched = automation.observe_raw_data(cache=HashCache())
+    assert watched.version == folder_version(mine, "*.jsonl|*.json", HashCache()).version != "absent"
+    assert watched.metadata["folder"] == str(mine)
+
+
 def test_hash_cache_rehashes_only_changed_files_and_persists(tmp_path: Path) -> None:
     folder = _raw_folder(tmp_path)
     cache = HashCache.load(tmp_path / "cache.json")

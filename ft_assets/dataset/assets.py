@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
-from ft_assets.defaults import RAW_FOLDER, RAW_PATTERN
+from ft_assets.defaults import RAW_FOLDER, RAW_FOLDER_ENV, RAW_PATTERN, raw_folder
 from ft_assets.metadata import chat_preview, counts_table, excerpt, head_jsonl, reading_order, table
 from ft_assets.readable import settings_table
 from ft_assets.resources import ArtifactStore, LineageStore
@@ -28,9 +28,10 @@ class RawExamplesConfig(dg.Config):
     """Where the raw chat examples are read from."""
 
     folder: str = Field(
-        RAW_FOLDER,
+        default_factory=raw_folder,
         description="Folder whose *.jsonl files and *.json arrays (recursively) are the raw examples. A file or "
-        "folder named train, validation (valid, val, dev) or test keeps its rows in that split.",
+        f"folder named train, validation (valid, val, dev) or test keeps its rows in that split. Default "
+        f"{RAW_FOLDER_ENV} or {RAW_FOLDER}, the folder automation watches.",
     )
 
 
