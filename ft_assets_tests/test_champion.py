@@ -85,6 +85,9 @@ def test_the_stable_path_names_the_champion(tmp_path):
     assert json.loads((tmp_path / "champion" / "champion.json").read_text())["version"] == "m2"
     assert (tmp_path / "champion" / "current").resolve() == second
     assert sorted(p.name for p in (tmp_path / "champion").iterdir()) == ["champion.json", "current"]
+    # An Azure fine-tune becomes the champion: no local folder, so "current" must not name the old one.
+    point_stable_path(tmp_path / "champion", {"asset": "azure_fine_tuned_model", "version": "ft:x", "path": None})
+    assert sorted(p.name for p in (tmp_path / "champion").iterdir()) == ["champion.json"]
 
 
 def _evaluated(db: Path, model: str, version: str, scores: list[float], evaluated_by: str) -> None:

@@ -303,7 +303,9 @@ def point_stable_path(folder: str | Path, champion: dict[str, Any]) -> None:
     temporary = folder / f".{CHAMPION_FILE}.{uuid.uuid4().hex}.tmp"
     temporary.write_text(json.dumps(champion, indent=2, sort_keys=True, default=str))
     os.replace(temporary, folder / CHAMPION_FILE)
-    if not champion.get("path"):
+    if not champion.get("path"):  # an Azure fine-tune has no local folder: no link may still name the one before
+        if (folder / CURRENT_LINK).is_symlink():
+            (folder / CURRENT_LINK).unlink()
         return
     link = folder / f".{CURRENT_LINK}.{uuid.uuid4().hex}.tmp"
     try:
