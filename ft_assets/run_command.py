@@ -176,8 +176,9 @@ def _escape(text: str) -> str:
 class EventHandler:
     """Turns the run's events (as they are stored) into display calls and a ``RunRecord``."""
 
-    def __init__(self, display: Display) -> None:
+    def __init__(self, display: Display, check_names: dict[str, str] | None = None) -> None:
         self.display = display
+        self.check_names = check_names or {}  # a check's step -> "asset · check", for steps that never evaluate
         self.record = RunRecord()
         self.step_assets: dict[str, list[str]] = {}
         self.step_checks: dict[str, dict[str, Any]] = {}
@@ -247,7 +248,7 @@ class EventHandler:
 
     def _name(self, step: str) -> str:
         check = self.step_checks.get(step)
-        return f"{check['asset']} · {check['check']}" if check else step
+        return f"{check['asset']} · {check['check']}" if check else self.check_names.get(step, step)
 
     def _figure(self, step: str) -> str:
         if step in self.step_checks:
@@ -391,6 +392,19 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     return config
 
 
+def _check_names(job: dg.JobDefinition) -> dict[str, str]:
+    """Return ``asset · check`` by the step of each check that runs in a step of its own (named by Dagster)."""
+    from ft_assets.definitions import defs
+
+    steps = job.graph.node_dict
+    names = {}
+    for key in defs.resolve_asset_graph().asset_check_keys:
+        step = f"{key.asset_key.to_python_identifier()}_{key.name}"
+        if step in steps:
+            names[step] = f"{key.asset_key.to_user_string()} · {key.name}"
+    return names
+
+
 def _job(name: str) -> dg.JobDefinition:
     from ft_assets.definitions import defs
 
@@ -430,7 +444,7 @@ def run(job_name: str, config_file: Path | None, quiet: bool) -> None:
 
         job = _job(job_name)
         with Display(console, quiet) as display, dg.DagsterInstance.get() as instance:
-            handler = EventHandler(display)
+            handler = EventHandler(display, _check_names(job))
             instance.add_event_listener(run_id, handler)
             if not quiet:
                 display.print(_escape(f"running {job_name} (run {run_id[:8]}; Dagster's log: {log_path})"))

@@ -165,3 +165,15 @@ def test_help_runs_from_the_command_line() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert "  trace    Show an asset version and everything it was made from.\n" in done.stdout
+
+
+def test_a_check_step_that_never_evaluates_is_named_by_its_asset_and_check() -> None:
+    from ft_assets.definitions import defs
+    from ft_assets.run_command import EventHandler, _check_names
+
+    names = _check_names(defs.resolve_job_def("main"))
+    assert names["merged_model_merged_model_matches_adapter"] == "merged_model · merged_model_matches_adapter"
+    assert names["train_split_format_valid"] == "train_split · format_valid"
+    handler = EventHandler(display=None, check_names=names)  # type: ignore[arg-type]
+    assert handler._name("merged_model_merged_model_matches_adapter") == "merged_model · merged_model_matches_adapter"
+    assert handler._name("lora_adapter") == "lora_adapter"
