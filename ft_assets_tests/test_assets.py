@@ -78,6 +78,14 @@ def test_data_job_materializes_data_assets_with_checks_and_lineage(project):
         assert cleaned["read"].value == cleaned["kept"].value + cleaned["rejected"].value
         reasons = {r.data["reason"] for r in cleaned["rejects_by_reason"].records}
         assert "example_missing_assistant_message" in reasons
+        splits = {
+            e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.to_user_string().endswith("_split")
+        }
+        # each split counts the groups grouping formed in it: together, every group formed
+        formed = {r.data["measure"]: r.data["value"] for r in splits["train_split"]["groups_formed"].records}
+        assert sum(m["groups"].value for m in splits.values()) == int(formed["groups formed"])
         for asset, version in versions.items():
             assert (project / "artifacts" / asset / version).is_dir()
 

@@ -360,12 +360,12 @@ def _fixed_and_flagged(index: Path) -> tuple[int, int]:
     )
 
 
-def _split_metadata(ref: ArtifactRef, report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_metadata(ref: ArtifactRef, name: str, report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return a split's figures and tables."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    members = pq.read_table(ref.file("members.parquet"), columns=["tokens", "group_id"])
+    members = pq.read_table(ref.file("members.parquet"), columns=["tokens"])
     tokens = members["tokens"].to_numpy()
     stats = {"min": 0, "median": 0, "p90": 0, "max": 0}
     if len(tokens):
@@ -377,7 +377,7 @@ def _split_metadata(ref: ArtifactRef, report: dict[str, Any]) -> tuple[dict[str,
         }
     figures = {
         "rows": members.num_rows,
-        "groups": len(set(members["group_id"].to_pylist())),
+        "groups": report["grouping"]["groups_per_split"][name],  # as grouping formed them
         "tokens_total": int(tokens.sum()),
         "dagster/row_count": members.num_rows,
     }
@@ -397,6 +397,7 @@ def _grouping_metadata(grouping: dict[str, Any]) -> dict[str, Any]:
     joined = [{"joined_by": name, **counts} for name, counts in grouping["joined_by"].items()]
     formed = {
         "groups formed": grouping["groups"],
+        "groups in train / validation / test": " / ".join(str(n) for n in grouping["groups_per_split"].values()),
         "rows assigned by the user": grouping["user_assigned_rows"],
         "largest groups (rows)": ", ".join(str(size) for size in grouping["largest_groups"]) or "none",
         "group by answer": grouping["group_by_answer"],
@@ -469,7 +470,7 @@ def splits(
         ref = refs[asset]
         context.log.info(f"{asset}: {report[name]['rows']} rows -> {ref.path}")
         recorded = lineage.record(context, ref, [cleaned_examples], config, members_file=ref.file("members.parquet"))
-        figures, tables = _split_metadata(ref, report)
+        figures, tables = _split_metadata(ref, name, report)
         yield dg.Output(
             ref,
             output_name=asset,

@@ -172,6 +172,9 @@ def plan_splits(
     target, report["user_split_conflicts"] = assign_splits(group_of_row, group_key, columns["user_split"], split_config)
     sizes = np.bincount(group_of_row, minlength=report["groups"])
     report["largest_groups"] = [int(s) for s in np.sort(sizes)[::-1][:10]]
+    split_of_group = np.zeros(report["groups"], dtype=np.uint8)
+    split_of_group[group_of_row] = target  # a group never straddles splits: one value per group
+    report["groups_per_split"] = dict(zip(SPLITS, np.bincount(split_of_group, minlength=3).tolist(), strict=True))
     report["user_assigned_rows"] = int(np.count_nonzero(columns["user_split"] != NO_SPLIT))
     return target, report
 
