@@ -67,7 +67,7 @@ def main() -> None:
     default=0.8,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Jaccard similarity of prompt words (or free-text answer words) from which rows share a group (0: off).",
+    help="Word-set similarity (Jaccard) of prompts, or of free-text answers, from which rows share a group (0: off).",
 )
 @click.option("--min-examples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Fail below this many cleaned examples.")  # fmt: skip

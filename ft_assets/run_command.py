@@ -181,7 +181,7 @@ class EventHandler:
         self.check_names = check_names or {}  # a check's step -> "asset · check", for steps that never evaluate
         self.record = RunRecord()
         self.step_assets: dict[str, list[str]] = {}
-        self.step_checks: dict[str, dict[str, Any]] = {}
+        self.step_checks: dict[str, list[dict[str, Any]]] = {}  # a step may evaluate one check on several assets
         self.observed: set[str] = set()  # steps that observed a source asset
         self.lock = threading.Lock()  # Pipes messages arrive from a reader thread
 
@@ -214,11 +214,11 @@ class EventHandler:
                      "passed": evaluation.passed, "severity": evaluation.severity.value.lower(),
                      "metadata": _value(evaluation.metadata)}  # fmt: skip
             self.record.checks.append(check)
-            self.step_checks[step] = check
+            self.step_checks.setdefault(step, []).append(check)
         elif kind == DagsterEventType.STEP_SUCCESS and step:
-            check = self.step_checks.get(step)
-            status = "ok" if check is None or check["passed"] else "warn"
-            if check is None and step not in self.step_assets and step not in self.observed:
+            checks = self.step_checks.get(step)
+            status = "ok" if not checks or all(c["passed"] for c in checks) else "warn"
+            if checks is None and step not in self.step_assets and step not in self.observed:
                 status = "skipped"  # an optional output not made, e.g. Azure without credentials
             self.display.finish(step, self._name(step), status, event.step_success_data.duration_ms / 1000,
                                 self._figure(step))  # fmt: skip
@@ -247,12 +247,16 @@ class EventHandler:
             self.display.note(step, level, message.removeprefix(f"{step}: "))
 
     def _name(self, step: str) -> str:
-        check = self.step_checks.get(step)
-        return f"{check['asset']} · {check['check']}" if check else self.check_names.get(step, step)
+        checks = self.step_checks.get(step)
+        if not checks:
+            return self.check_names.get(step, step)
+        assets, names = (", ".join(dict.fromkeys(c[key] for c in checks)) for key in ("asset", "check"))
+        return f"{assets} · {names}"
 
     def _figure(self, step: str) -> str:
         if step in self.step_checks:
-            return _check_figure(self.step_checks[step])
+            checks = self.step_checks[step]
+            return _check_figure(next((c for c in checks if not c["passed"]), checks[0]))
         assets = self.step_assets.get(step, [])
         if len(assets) > 1:  # the splits: one figure for all
             rows = [f"{a.removesuffix('_split')} {_number(self.record.materialized[a].get('dagster/row_count'))}"

@@ -65,6 +65,9 @@ def test_one_line_per_step_and_no_noise(main_run: tuple[Path, subprocess.Complet
                          ("lora_adapter", r"train loss \d+\.\d{3}, eval loss \d+\.\d{3}"),
                          ("evaluation_table", r"lora_adapter exact_match \d\.\d{3}")]:  # fmt: skip
         assert re.search(rf"^✓ {step} +\d+\.\ds  {figure}$", done.stdout, re.MULTILINE), (step, done.stdout)
+    # one step checks three assets: its line names them all, so the summary's count of checks adds up
+    together = re.search(r"^✓ (.+) · splits_do_not_overlap +\d+\.\ds  passed$", done.stdout, re.MULTILINE)
+    assert together and set(together.group(1).split(", ")) == {"train_split", "validation_split", "test_split"}
 
 
 def test_the_run_is_in_the_instance_of_the_current_folder(
