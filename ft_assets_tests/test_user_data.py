@@ -462,9 +462,13 @@ def test_a_folder_lists_the_files_it_does_not_read(tmp_path):
     data.mkdir()
     write_jsonl(data / "rows.jsonl", [chat(f"Invoice {i} from Acme", f"Category: c{i}") for i in range(20)])
     (data / "faq.csv").write_text("question,answer\nWhat?,That.\n")
+    (data / "more.jsonl.gz").write_bytes(b"\x1f\x8b")
     (data / ".DS_Store").write_bytes(b"\x00\x01")
     report = prep([data], tmp_path / "out")
-    assert report["ignored_inputs"] == [{"path": str(data / "faq.csv"), "why": "not a .jsonl or .json file"}]
+    assert report["ignored_inputs"] == [
+        {"path": str(data / "faq.csv"), "why": "not a .jsonl or .json file"},
+        {"path": str(data / "more.jsonl.gz"), "why": "compressed: decompress it to read it"},
+    ]
 
 
 def test_a_json_array_saved_as_jsonl_is_read_as_an_array(tmp_path):

@@ -18,6 +18,7 @@ import orjson
 
 JSONL_SUFFIXES = (".jsonl",)
 ARRAY_SUFFIXES = (".json",)
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 SPLIT_NAMES = {"train": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2}
 NO_SPLIT = 255
 
@@ -73,6 +74,13 @@ def _is_data(path: Path) -> bool:
     return path.suffix.lower() in JSONL_SUFFIXES + ARRAY_SUFFIXES
 
 
+def _not_read(path: Path) -> str:
+    """Say why a folder's file is not read, and what to do when it is data that could be."""
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        return "compressed: decompress it to read it"
+    return "not a .jsonl or .json file"
+
+
 def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
     """Return the files named by ``inputs`` (folders give their ``*.jsonl`` and ``*.json``, sorted per folder).
 
@@ -105,7 +113,7 @@ def find_files(inputs: Sequence[str | Path], skip: Path | None = None) -> tuple[
             inside = {p for p in every if skip is not None and p.resolve().is_relative_to(skip)}
             ignored += [{"path": str(p), "why": "inside the output folder"} for p in every if p in inside]
             found = [p for p in every if p not in inside and _is_data(p)]
-            ignored += [{"path": str(p), "why": "not a .jsonl or .json file"} for p in every
+            ignored += [{"path": str(p), "why": _not_read(p)} for p in every
                         if p not in inside and not _is_data(p)]  # fmt: skip
             if not found:
                 where = " outside the output folder" if inside else ""
