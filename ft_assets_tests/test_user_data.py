@@ -271,11 +271,14 @@ def test_a_train_ratio_of_zero_is_refused(tmp_path):
 
 def test_split_rows_carry_their_example_id_and_dropped_keys_are_fixes(tmp_path):
     rows = [chat(f"Q{i}", f"A{i}", id=f"row-{i}", note="internal") for i in range(12)]
-    report = prep([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out", workers=1)
-    assert report["fixes"] == {"dropped_top_level_keys": 12}
+    synthetic = [
+        chat(f"Q{i} again", f"A{i}", id=f"syn-{i}", source_id=f"row-{i}", generator={"mode": "x"}) for i in range(3)
+    ]
+    report = prep([write_jsonl(tmp_path / "in.jsonl", rows + synthetic)], tmp_path / "out", workers=1)
+    assert report["fixes"] == {"dropped_top_level_keys": 12}  # a synthetic row's generator is no flaw of the data
     ids = [row["id"] for rows in _splits(tmp_path / "out").values() for row in rows]
-    assert sorted(ids) == sorted(f"row-{i}" for i in range(12))
-    assert not any("note" in row for rows in _splits(tmp_path / "out").values() for row in rows)
+    assert sorted(ids) == sorted([*(f"row-{i}" for i in range(12)), *(f"syn-{i}" for i in range(3))])
+    assert not any("note" in row or "generator" in row for rows in _splits(tmp_path / "out").values() for row in rows)
 
 
 def test_unlabelled_sources_and_their_synthetic_variants_share_a_split(tmp_path):

@@ -17,6 +17,9 @@ MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_call
 CHAT_PASSTHROUGH_KEYS = ("tools", "parallel_tool_calls")
 # Top-level keys that label a row: kept in the index (and ``id`` in the split files), not validated as content.
 LABEL_KEYS = frozenset({"id", "group", "source_id", "split"})
+# Top-level keys that record where a row came from (synthetic_examples writes them): not part of the
+# training format, so not in the split files, but not a flaw of the data either (no fix is counted).
+PROVENANCE_KEYS = frozenset({"generator"})
 
 REASONS: dict[str, str] = {
     "blank_line": "the line is empty or whitespace",

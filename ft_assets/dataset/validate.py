@@ -29,6 +29,7 @@ from ft_assets.dataset.deduplicate import hex_ids, label_hashes, line_hashes
 from ft_assets.dataset.formats import (
     CHAT_PASSTHROUGH_KEYS,
     LABEL_KEYS,
+    PROVENANCE_KEYS,
     check_chat,
     check_preference,
     detect_format,
@@ -67,6 +68,7 @@ QUALITY_NAMES = {
 }
 SUSPICIOUS_ACTIONS = ("keep", "fix", "reject")
 FORMAT_CODES = {"chat": 0, "preference": 1}
+PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
 _CANONICAL = orjson.OPT_SORT_KEYS
 
 INDEX_SCHEMA = pa.schema(
@@ -365,16 +367,8 @@ def scan_line(
     row, joined = _join_text_parts(row, fmt)
     if joined:
         fixes |= FIX_CONTENT_PARTS
-    known = (
-        (LABEL_KEYS | set(CHAT_PASSTHROUGH_KEYS) | {"messages"})
-        if fmt == "chat"
-        else LABEL_KEYS
-        | {
-            "input",
-            "preferred_output",
-            "non_preferred_output",
-        }
-    )
+    content_keys = {"messages", *CHAT_PASSTHROUGH_KEYS} if fmt == "chat" else PREFERENCE_KEYS
+    known = LABEL_KEYS | PROVENANCE_KEYS | content_keys
     if any(key not in known for key in row):
         fixes |= FIX_DROPPED_KEYS
     errors = check_chat(row) if fmt == "chat" else check_preference(row)
