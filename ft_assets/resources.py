@@ -63,8 +63,8 @@ class LineageStore(dg.ConfigurableResource):
     ) -> dict[str, Any]:
         """Record a materialization with its parents, members, library versions and device (where one ran it).
 
-        Returns the closing metadata entries, in reading order (spread it last: ``{**figures, ..., **recorded}``,
-        or ``ft_assets.metadata.reading_order``): ``data_version``, ``path``, ``lineage_query`` (the
+        Returns the closing metadata entries, in reading order (pass them as ``recorded`` to
+        ``ft_assets.metadata.reading_order``, which puts them last): ``data_version``, ``path``, ``lineage_query`` (the
         ``ft-assets lineage`` command that answers for this version), ``artifact`` (the reference the IO manager
         adds again, in place, so it does not land after the record) and ``lineage``, the JSON record that
         ``sync`` redoes it from, last.

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
-from ft_assets.metadata import image, inline_curves, rounded, table
+from ft_assets.metadata import image, inline_curves, reading_order, rounded, table
 from ft_assets.numbers import finite
 from ft_assets.readable import settings_table, text
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
@@ -193,15 +193,17 @@ def azure_training_files(
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "estimated_cost_usd": cost["estimated_cost_usd"],
-            "billed_tokens": cost["billed_tokens"],
-            "uploaded_now": sum(v["uploaded_now"] for v in uploaded.values()),
-            "training_file": uploaded["train"]["file_id"],
-            "validation_file": uploaded.get("validation", {}).get("file_id", ""),
-            "epochs": text(cost["epochs"]),  # a setting (text): the Plots tab charts no constant
-            **recorded,
-        },
+        metadata=reading_order(
+            {
+                "estimated_cost_usd": cost["estimated_cost_usd"],
+                "billed_tokens": cost["billed_tokens"],
+                "uploaded_now": sum(v["uploaded_now"] for v in uploaded.values()),
+                "training_file": uploaded["train"]["file_id"],
+                "validation_file": uploaded.get("validation", {}).get("file_id", ""),
+                "epochs": text(cost["epochs"]),  # a setting (text): the Plots tab charts no constant
+            },
+            recorded=recorded,
+        ),
     )
 
 
@@ -264,14 +266,16 @@ def azure_finetune_job(
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "job_id": job.id,
-            "status": job.status,
-            "model": job_config["model"],
-            "created_now": created,
-            "estimated_cost_usd": round(cost, 4),
-            **recorded,
-        },
+        metadata=reading_order(
+            {
+                "job_id": job.id,
+                "status": job.status,
+                "model": job_config["model"],
+                "created_now": created,
+                "estimated_cost_usd": round(cost, 4),
+            },
+            recorded=recorded,
+        ),
     )
 
 
@@ -345,20 +349,23 @@ def azure_fine_tuned_model(
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "final_train_loss": rounded(series["train"][-1][1]) if series["train"] else None,
-            "final_valid_loss": rounded(series["validation"][-1][1]) if series["validation"] else None,
-            "steps": len(metrics),
-            **({"trained_tokens": model["trained_tokens"]} if model["trained_tokens"] is not None else {}),
-            "loss_curve": inline_curves(
-                {"train loss": series["train"], "valid loss": series["validation"]}, alt="Azure fine-tuning loss curve"
-            ),
-            **{k: v for k, v in model.items() if v is not None and k != "trained_tokens"},
-            "metrics": table(metrics, columns),
-            "checkpoints": table(checkpoints, {"id": "string", "step": "int", "model": "string"}),
-            "loss_curve_png": image(ref.file("loss_curve.png"), "Azure fine-tuning loss"),
-            **recorded,
-        },
+        metadata=reading_order(
+            {
+                "final_train_loss": rounded(series["train"][-1][1]) if series["train"] else None,
+                "final_valid_loss": rounded(series["validation"][-1][1]) if series["validation"] else None,
+                "steps": len(metrics),
+                **({"trained_tokens": model["trained_tokens"]} if model["trained_tokens"] is not None else {}),
+                "loss_curve": inline_curves(
+                    {"train loss": series["train"], "valid loss": series["validation"]},
+                    alt="Azure fine-tuning loss curve",
+                ),
+                **{k: v for k, v in model.items() if v is not None and k != "trained_tokens"},
+                "metrics": table(metrics, columns),
+                "checkpoints": table(checkpoints, {"id": "string", "step": "int", "model": "string"}),
+                "loss_curve_png": image(ref.file("loss_curve.png"), "Azure fine-tuning loss"),
+            },
+            recorded=recorded,
+        ),
     )
 
 
@@ -612,21 +619,24 @@ def azure_model_evaluation(
     yield dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "main_metric": tuned.row["main_metric"],
-            "fine_tuned_main_score": finite(tuned.row["main_score"]),
-            "base_main_score": finite(base.row["main_score"]),
-            "fine_tuned_exact_match": finite(tuned.row["exact_match"]),
-            "base_exact_match": finite(base.row["exact_match"]),
-            "difference_significant": bool(test["significant"]),
-            "difference_p_value": finite(test["p_value"]),
-            "training_cost_usd": round(training_cost, 4) if training_cost is not None else "unknown price",
-            "break_even_requests": (
-                math.ceil(break_even) if math.isfinite(break_even)
-                else "never at this traffic (no saving after hosting, or unknown price)"
-            ),
-            "evaluations": table(table_rows, AZURE_EVALUATION_COLUMNS),
-            "settings": settings_table(settings),
-            **recorded,
-        },
-    )  # fmt: skip
+        metadata=reading_order(
+            {
+                "main_metric": tuned.row["main_metric"],
+                "fine_tuned_main_score": finite(tuned.row["main_score"]),
+                "base_main_score": finite(base.row["main_score"]),
+                "fine_tuned_exact_match": finite(tuned.row["exact_match"]),
+                "base_exact_match": finite(base.row["exact_match"]),
+                "difference_significant": bool(test["significant"]),
+                "difference_p_value": finite(test["p_value"]),
+                "training_cost_usd": round(training_cost, 4) if training_cost is not None else "unknown price",
+                "break_even_requests": (
+                    math.ceil(break_even)
+                    if math.isfinite(break_even)
+                    else "never at this traffic (no saving after hosting, or unknown price)"
+                ),
+                "evaluations": table(table_rows, AZURE_EVALUATION_COLUMNS),
+                "settings": settings_table(settings),
+            },
+            recorded=recorded,
+        ),
+    )

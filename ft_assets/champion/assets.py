@@ -11,7 +11,7 @@ from ft_assets.artifacts import ArtifactRef
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.assets import COMPARISONS, EvaluationConfig, adapter_beats_baselines
 from ft_assets.evaluation.results import read_results
-from ft_assets.metadata import table
+from ft_assets.metadata import reading_order, table
 from ft_assets.numbers import finite
 from ft_assets.resources import ArtifactStore, LineageStore
 
@@ -217,16 +217,18 @@ def champion_model(
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "decision": decisions[0]["decision"],
-            "reason": dg.MetadataValue.md(decisions[0]["reason"]),  # Markdown wraps in the UI; text is cut off
-            "champion": champion.name if champion else "none yet",
-            **({"champion_main_score": finite(current["main_score"])} if current else {}),
-            "decisions": table(rows, DECISION_COLUMNS),
-            "main_metric": local.main_metric,
-            "test_split_version": split,
-            "stable_path": dg.MetadataValue.path(str(stable)),
-            "promotions": dg.MetadataValue.json(decisions),  # every field of each decision; lineage sync reads it
-            **recorded,
-        },
+        metadata=reading_order(
+            {
+                "decision": decisions[0]["decision"],
+                "reason": dg.MetadataValue.md(decisions[0]["reason"]),  # Markdown wraps in the UI; text is cut off
+                "champion": champion.name if champion else "none yet",
+                **({"champion_main_score": finite(current["main_score"])} if current else {}),
+                "decisions": table(rows, DECISION_COLUMNS),
+                "main_metric": local.main_metric,
+                "test_split_version": split,
+                "stable_path": dg.MetadataValue.path(str(stable)),
+                "promotions": dg.MetadataValue.json(decisions),  # every field of each decision; lineage sync reads it
+            },
+            recorded=recorded,
+        ),
     )

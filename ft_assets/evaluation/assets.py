@@ -12,7 +12,7 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.evaluation.results import REPORTS, RESULTS, json_number, read_results, write_results
-from ft_assets.metadata import rounded, table
+from ft_assets.metadata import reading_order, rounded, table
 from ft_assets.numbers import finite
 from ft_assets.readable import settings_table
 from ft_assets.resources import ArtifactStore, LineageStore, LLMResource
@@ -157,22 +157,24 @@ def evaluation_table(
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={
-            "main_metric": adapter["main_metric"],
-            **model_scores(rows),
-            "reused": reused,
-            "evaluations": evaluations_table(rows, latency=not reused),
-            **(timing if reused else {}),
-            "adapter_vs_baselines": table(paired, PAIRED_COLUMNS),
-            "base_vs_adapter": table(
-                _side_by_side(predictions), dict.fromkeys(["example_id", "reference", "base (zero-shot)", ADAPTER],
-                                                          "string")
-            ),
-            "worst_predictions": table(_worst(predictions), WORST_COLUMNS),
-            "settings": settings_table(settings),
-            **recorded,
-        },
-    )  # fmt: skip
+        metadata=reading_order(
+            {
+                "main_metric": adapter["main_metric"],
+                **model_scores(rows),
+                "reused": reused,
+                "evaluations": evaluations_table(rows, latency=not reused),
+                **(timing if reused else {}),
+                "adapter_vs_baselines": table(paired, PAIRED_COLUMNS),
+                "base_vs_adapter": table(
+                    _side_by_side(predictions),
+                    dict.fromkeys(["example_id", "reference", "base (zero-shot)", ADAPTER], "string"),
+                ),
+                "worst_predictions": table(_worst(predictions), WORST_COLUMNS),
+                "settings": settings_table(settings),
+            },
+            recorded=recorded,
+        ),
+    )
 
 
 def _worst(predictions: list[dict[str, Any]], per_model: int = 3) -> list[dict[str, Any]]:

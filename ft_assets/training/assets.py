@@ -18,7 +18,7 @@ from pydantic import Field
 from ft_assets.artifacts import ArtifactRef, inputs_key
 from ft_assets.code_versions import source_version
 from ft_assets.defaults import BASE_MODEL_ENV, BUILTIN_SOURCE
-from ft_assets.metadata import image, inline_curves, rounded, table
+from ft_assets.metadata import image, inline_curves, reading_order, rounded, table
 from ft_assets.readable import settings_table, text
 from ft_assets.resources import ArtifactStore, LineageStore
 
@@ -137,7 +137,7 @@ def _output(
     return dg.Output(
         ref,
         data_version=dg.DataVersion(ref.version),
-        metadata={**figures, "reused": reused, **details, **recorded},
+        metadata=reading_order({**figures, "reused": reused, **details}, recorded=recorded),
     )
 
 
