@@ -230,6 +230,12 @@ def fixed_width_matrix(values: pa.Array, width: int) -> np.ndarray:
     return flat[values.offset * width : (values.offset + len(values)) * width].reshape(-1, width)
 
 
+def fixed_width_array(matrix: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Return a (rows x width) uint8 matrix as a fixed-size binary array (``fixed_width_matrix`` reversed)."""
+    rows, width = matrix.shape
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows, [None, pa.py_buffer(matrix.tobytes())])
+
+
 def _byte_table(*groups: tuple[int, bytes | range]) -> np.ndarray:
     table = np.zeros(256, dtype=np.uint8)
     for flag, values in groups:

@@ -32,7 +32,7 @@ import xxhash
 from filelock import FileLock, Timeout
 
 from ft_assets.compute_threads import available_cores
-from ft_assets.dataset.columnar import fixed_width_matrix
+from ft_assets.dataset.columnar import fixed_width_array, fixed_width_matrix
 from ft_assets.dataset.deduplicate import find_duplicates, same_content
 from ft_assets.dataset.group import EMPTY_BIN, SIGNATURE_BINS, GroupConfig, form_groups, near_duplicate_pairs
 from ft_assets.dataset.memory import keep_freed_memory, worker_environment
@@ -730,12 +730,8 @@ def _write_members(
     )
     if grouping["group_by_answer"] == "never":  # no answer is a key: nothing to check across splits
         answer_key = np.zeros(table.num_rows, np.uint64)
-        empty = np.full((table.num_rows, SIGNATURE_BINS), EMPTY_BIN, np.uint8).tobytes()
-        position = table.schema.get_field_index("answer_signature")
-        nothing = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(SIGNATURE_BINS), table.num_rows, [None, pa.py_buffer(empty)]
-        )
-        table = table.set_column(position, "answer_signature", nothing)
+        nothing = fixed_width_array(np.full((table.num_rows, SIGNATURE_BINS), EMPTY_BIN, np.uint8))
+        table = table.set_column(table.schema.get_field_index("answer_signature"), "answer_signature", nothing)
     else:
         answer_key = table["answer_hash"].to_numpy()
         if grouping["group_by_answer"] == "auto":

@@ -24,7 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import feather
 
-from ft_assets.dataset.columnar import ChunkLines, FastRows, fast_rows, fixed_width_matrix, string_buffers
+from ft_assets.dataset.columnar import (
+    ChunkLines,
+    FastRows,
+    fast_rows,
+    fixed_width_array,
+    fixed_width_matrix,
+    string_buffers,
+)
 from ft_assets.dataset.deduplicate import hex_ids, label_hashes, line_hashes
 from ft_assets.dataset.formats import (
     CHAT_PASSTHROUGH_KEYS,
@@ -133,12 +140,6 @@ class ChunkTask:
     scratch: str
     config: CleanConfig
     split_hint: int = NO_SPLIT
-
-
-def _fixed_binary(matrix: np.ndarray) -> pa.FixedSizeBinaryArray:
-    """Return a (rows x width) uint8 matrix as a fixed-size binary column."""
-    width = matrix.shape[1]
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(matrix), [None, pa.py_buffer(matrix.tobytes())])
 
 
 def _to_numpy(values: pa.Array) -> np.ndarray:
@@ -529,8 +530,8 @@ def scan_chunk_lines(
             "answer_words": answer_words,
             "answer_chars": answer_chars,
             "free_text": free_text,
-            "signature": _fixed_binary(signature),
-            "answer_signature": _fixed_binary(answer_signature),
+            "signature": fixed_width_array(signature),
+            "answer_signature": fixed_width_array(answer_signature),
             "size": np.diff(string_buffers(lines_out)[1]),
         }
     ).cast(INDEX_SCHEMA)
