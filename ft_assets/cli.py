@@ -368,9 +368,10 @@ def eval_command(as_json: bool, model: str | None, worst: int | None, db: str) -
             return
         click.echo(f"{rows[0]['model']} {rows[0]['model_version']} on test split {rows[0]['test_split_version']}")
         _print_table(
-            ["#", "example", "score", "reference", "prediction"],
+            ["test example", "id", "score", "reference", "prediction"],  # its number among those evaluated
             [
-                [str(r["position"]), str(r["example_id"]), "-" if r["main_score"] is None else f"{r['main_score']:.3f}",
+                [str(r["position"] + 1), str(r["example_id"]),
+                 "-" if r["main_score"] is None else f"{r['main_score']:.3f}",
                  one_line(r["reference"], 60),
                  one_line(r["prediction"], 60) + (" [truncated]" if r["truncated"] else "")]
                 for r in rows

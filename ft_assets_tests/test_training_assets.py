@@ -169,6 +169,8 @@ def test_evaluation_rows_and_eval_cli(first_run, project):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert worst.startswith("lora_adapter") and len(worst.strip().splitlines()) == 5  # title, header, 3 rows
+    assert worst.splitlines()[1].split()[:2] == ["test", "example"]  # its number (from 1), not a rank
+    assert all(int(line.split()[0]) >= 1 for line in worst.strip().splitlines()[2:])
 
 
 def test_every_prediction_is_kept(first_run, project):
