@@ -196,7 +196,8 @@ class _Scanned:
     def grouping_columns(self) -> dict[str, np.ndarray]:
         """Return what ``form_groups`` reads, for the surviving rows: signatures of free-text answers only."""
         columns = self.kept_columns(GROUP_COLUMNS)
-        free = ~self.duplicate & _column(self.results, "free_text")
+        free = ~self.duplicate
+        free[free] = columns["free_text"]  # over every scanned row, from the kept rows' column: no second read
         columns["answer_signature"] = _columns(self.results, ["answer_signature"], free)["answer_signature"]
         return columns
 
